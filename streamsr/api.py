@@ -1,0 +1,69 @@
+"""The public Python API: load_model, denoise, sample. Tensors are NCHW in [-1, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .engine import SweepStats, denoise_stream
+from .model import InfDiT
+from .noise import image_noise
+from .planner import BatchShape, Grid
+from .sampler import SIGMA_MAX, SIGMA_MIN, karras_sigmas, lr_noise_init, sample_loop
+from .upsample import upsample_full
+from .weights import load_model_dir
+
+MODES = ("full", "stream")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> InfDiT:
+    """Load a model dir (config.json + safetensors, as save_pretrained writes) for inference."""
+    model = load_model_dir(path).to(device)
+    return (model if dtype == torch.float32 else model.to(dtype)).eval()
+
+
+def _batch_shape(batch) -> BatchShape:
+    return batch if isinstance(batch, BatchShape) else BatchShape(*batch)
+
+
+@torch.no_grad()
+def denoise(model: InfDiT, x: torch.Tensor, sigma, *, lr: torch.Tensor, vector: torch.Tensor | None,
+            concat_lr: torch.Tensor | None = None, mode: str = "full", batch=(1, 1), backend: str = "sdpa",
+            stats: SweepStats | None = None) -> torch.Tensor:
+    """One denoiser call D(x; sigma) (B, 3, H, W) float32, full-image or streamed by block batches.
+
+    x: noisy HR (B, 3, H, W); lr: LR (B, 3, H/4, W/4); vector: (B, V) or None for a model without one;
+    concat_lr: the upsampled LR, computed from lr (antialiased bicubic, per block in stream mode) if None.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
+    if mode == "full":
+        up = upsample_full(lr).to(x.device) if concat_lr is None else concat_lr
+        return model(x, sigma, up, lr, vector, backend=backend)
+    if mode == "stream":
+        return denoise_stream(model, x, sigma, lr, vector, concat_lr, _batch_shape(batch), backend, stats)
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+@torch.no_grad()
+def sample(model: InfDiT, lr: torch.Tensor, *, vector: torch.Tensor | None, steps: int = 20,
+           sampler: str = "heun", init_noise: torch.Tensor | None = None, seed: int = 0, mode: str = "full",
+           batch=(1, 1), backend: str = "sdpa", sigma_min: float = SIGMA_MIN,
+           sigma_max: float = SIGMA_MAX) -> torch.Tensor:
+    """EDM sampling of the x4 image of `lr` (B, 3, h, w) in memory: (B, 3, 4h, 4w) float32, unclamped.
+
+    x_T = up(LR) + sigma_max * eps, with eps = init_noise if given (parity with the official kits),
+    else drawn per block from (seed, block), so it does not depend on the batch shape or order.
+    """
+    up = upsample_full(lr)  # (B, 3, 4h, 4w)
+    if init_noise is None:
+        grid = Grid.for_image(up.shape[-2], up.shape[-1], model.cfg.block_size)
+        init_noise = image_noise(seed, grid.rows, grid.cols, model.cfg.block_size, batch=up.shape[0])
+    sigmas = karras_sigmas(steps, sigma_min, sigma_max)
+    x = lr_noise_init(up, init_noise.to(up), float(sigmas[0]))
+
+    def call(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
+        return denoise(model, x_t, sigma, lr=lr, vector=vector, concat_lr=up, mode=mode, batch=batch,
+                       backend=backend)
+
+    return sample_loop(call, x, sigmas, sampler)

@@ -1,0 +1,37 @@
+"""Conditioning inputs built per block: the nearby-LR window of the layer-0 cross-attention.
+
+A block's window is its own LR footprint plus one footprint on every side (3x3 blocks), as LR pixels,
+with a token mask saying which LR tokens lie inside the image: the official model zero-pads the LR
+*token* map (after proj_lr), so outside tokens must be exactly zero, not proj_lr of zero pixels.
+Only the window is read from `lr`, which may be any array sliceable as lr[..., y0:y1, x0:x1].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .config import ModelConfig
+
+
+def lr_window(lr, block: tuple[int, int], cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block's window: pixels (B, 3, 3L, 3L) zero outside the image, inside (3L/lp, 3L/lp) bool."""
+    size, lp = cfg.lr_block_size, cfg.lr_patch
+    h, w = lr.shape[-2:]
+    r, c = block
+    y0, x0 = (r - 1) * size, (c - 1) * size  # window origin in LR pixels (may be negative)
+    ya, yb = max(y0, 0), min(y0 + 3 * size, h)
+    xa, xb = max(x0, 0), min(x0 + 3 * size, w)
+    region = lr[..., ya:yb, xa:xb]
+    region = torch.as_tensor(np.asarray(region)) if not isinstance(region, torch.Tensor) else region
+    pixels = region.new_zeros(*region.shape[:-2], 3 * size, 3 * size)  # (B, 3, 3L, 3L)
+    pixels[..., ya - y0:yb - y0, xa - x0:xb - x0] = region
+    inside = torch.zeros(3 * size // lp, 3 * size // lp, dtype=torch.bool, device=region.device)
+    inside[(ya - y0) // lp:(yb - y0) // lp, (xa - x0) // lp:(xb - x0) // lp] = True
+    return pixels, inside
+
+
+def lr_windows(lr, blocks: list[tuple[int, int]], cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of N blocks: pixels (B, N, 3, 3L, 3L), inside (N, 3L/lp, 3L/lp)."""
+    pairs = [lr_window(lr, blk, cfg) for blk in blocks]
+    return torch.stack([p for p, _ in pairs], dim=1), torch.stack([m for _, m in pairs])

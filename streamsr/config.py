@@ -1,0 +1,114 @@
+"""ModelConfig: the shape of an Inf-DiT-style transformer, one frozen dataclass for every size.
+
+The official model (FACTS.md section 1) is `ModelConfig.official()`; the tests use tiny sizes. Every
+field is validated in `__post_init__`, so a bad value fails early with a message naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+SR_SCALE = 4  # the model is a x4 upsampler: HR block side = 4 * LR block side (hard-wired officially)
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent with another one."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    block_size: int = 128  # HR pixels per block side; a block is one unit of the attention DAG
+    patch_size: int = 4  # HR pixels per token side (Conv2d(6, hidden, k=p, s=p))
+    hidden: int = 1280  # transformer width
+    heads: int = 16  # attention heads; head_dim = hidden / heads
+    layers: int = 28  # transformer layers
+    mlp_hidden: int = 5120  # MLP inner width (GELU-tanh)
+    lr_patch: int = 2  # LR pixels per LR-token side in the layer-0 cross-attention (proj_lr)
+    vector_dim: int = 768  # global semantic vector size (CLIP ViT-L-14 = 768); 0 = no vector input
+    rope_table: int = 1024  # RoPE position table size; global patch positions wrap modulo this
+    time_freqs: int = 96  # sinusoid frequencies of the time embedding (features = [cos, sin])
+    k_uses_q_norm: bool = True  # official quirk: K is normalised with Q's LayerNorm (k_layer_norm unused)
+    norm_eps: float = 1e-6  # eps of every LayerNorm
+    sigma_data: float = 0.5  # EDM preconditioning constant
+
+    def __post_init__(self) -> None:
+        positive = ("block_size", "patch_size", "hidden", "heads", "layers", "mlp_hidden", "lr_patch",
+                    "rope_table", "time_freqs")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.vector_dim, int) or self.vector_dim < 0:
+            raise ConfigError(f"ModelConfig.vector_dim must be an integer >= 0, got {self.vector_dim!r}")
+        if self.hidden % self.heads:
+            raise ConfigError(f"ModelConfig.hidden={self.hidden} is not divisible by heads={self.heads}")
+        if self.head_dim % 4:
+            raise ConfigError(f"head_dim={self.head_dim} must be a multiple of 4 for 2D interleaved RoPE")
+        if self.block_size % self.patch_size:
+            raise ConfigError(f"ModelConfig.block_size={self.block_size} is not a multiple of "
+                              f"patch_size={self.patch_size}")
+        if self.block_size % SR_SCALE or self.lr_block_size % self.lr_patch:
+            raise ConfigError(f"ModelConfig.block_size={self.block_size} must be a multiple of "
+                              f"{SR_SCALE} * lr_patch={SR_SCALE * self.lr_patch}")
+        if not (self.norm_eps > 0 and self.sigma_data > 0):
+            raise ConfigError("ModelConfig.norm_eps and sigma_data must be > 0")
+
+    # ---- derived sizes -------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def block_tokens_side(self) -> int:
+        """Tokens per block side (32 for the official model)."""
+        return self.block_size // self.patch_size
+
+    @property
+    def block_tokens(self) -> int:
+        """Tokens per block (1024 for the official model)."""
+        return self.block_tokens_side ** 2
+
+    @property
+    def lr_block_size(self) -> int:
+        """LR pixels per block side (32 for the official model)."""
+        return self.block_size // SR_SCALE
+
+    @property
+    def lr_tokens_side(self) -> int:
+        """LR tokens per block side in the cross-attention (16 for the official model)."""
+        return self.lr_block_size // self.lr_patch
+
+    @property
+    def lr_window_tokens(self) -> int:
+        """LR tokens in a block's 3x3-block cross-attention window (2304 for the official model)."""
+        return (3 * self.lr_tokens_side) ** 2
+
+    @property
+    def out_per_token(self) -> int:
+        return self.patch_size * self.patch_size * 3
+
+    # ---- presets and (de)serialisation ---------------------------------------------------------
+    @classmethod
+    def official(cls) -> "ModelConfig":
+        """The released Inf-DiT (753M parameters)."""
+        return cls()
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ModelConfig":
+        """A test-sized model: 32 px blocks of 4x4 tokens, 2 layers, width 32."""
+        base = dict(block_size=32, patch_size=8, hidden=32, heads=2, layers=2, mlp_hidden=64, lr_patch=2,
+                    vector_dim=16, rope_table=64, time_freqs=8)
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        return cls(**data)

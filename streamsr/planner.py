@@ -1,0 +1,143 @@
+"""Grid geometry, block batches in raster order, neighbours and the frontier's live set. No torch.
+
+A block (r, c) attends to itself and to its top-left, left and top neighbours, clamped at the image
+border exactly as the official full-image mode does (missing neighbours are duplicates of existing
+blocks). Batches of bh x bw blocks are visited in raster order; the frontier keeps a block's K/V from
+the batch that made it until the last later batch that reads it (`last_reader`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+Block = tuple[int, int]  # (row, col) in blocks
+
+
+class Neighbors(NamedTuple):
+    """The keys of a block, in the official slot order [self, top-left, left, top]."""
+
+    self: Block
+    top_left: Block
+    left: Block
+    top: Block
+
+
+def neighbors(r: int, c: int) -> Neighbors:
+    """Neighbours of block (r, c), clamped at the top and left border (official `full` mode)."""
+    up, lf = max(r - 1, 0), max(c - 1, 0)
+    return Neighbors(self=(r, c), top_left=(up, lf), left=(r, lf), top=(up, c))
+
+
+@dataclass(frozen=True)
+class Grid:
+    rows: int  # blocks per column
+    cols: int  # blocks per row
+
+    def __post_init__(self) -> None:
+        if self.rows <= 0 or self.cols <= 0:
+            raise ValueError(f"a grid needs at least one block, got {self.rows}x{self.cols}")
+
+    @classmethod
+    def for_image(cls, height: int, width: int, block_size: int) -> "Grid":
+        if height % block_size or width % block_size or height <= 0 or width <= 0:
+            raise ValueError(f"image size {width}x{height} is not a positive multiple of the block size "
+                             f"{block_size}")
+        return cls(height // block_size, width // block_size)
+
+    def blocks(self) -> list[Block]:
+        return [(r, c) for r in range(self.rows) for c in range(self.cols)]
+
+    def index(self, block: Block) -> int:
+        return block[0] * self.cols + block[1]
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    rows: int  # bh: blocks per batch column
+    cols: int  # bw: blocks per batch row
+
+    def __post_init__(self) -> None:
+        if self.rows <= 0 or self.cols <= 0:
+            raise ValueError(f"a block batch must be at least 1x1, got {self.rows}x{self.cols}")
+
+    @classmethod
+    def parse(cls, text: str) -> "BatchShape":
+        """'RxC' -> BatchShape(R, C)."""
+        try:
+            r, c = (int(part) for part in text.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"batch shape must look like 2x3 (rows x cols), got {text!r}") from None
+        return cls(r, c)
+
+
+@dataclass(frozen=True)
+class Batch:
+    index: int  # position in raster order
+    row0: int  # first block row
+    col0: int  # first block col
+    rows: int  # blocks in this batch vertically (smaller at the bottom edge)
+    cols: int  # blocks in this batch horizontally (smaller at the right edge)
+
+    def blocks(self) -> list[Block]:
+        """Blocks of the batch, row-major."""
+        return [(self.row0 + i, self.col0 + j) for i in range(self.rows) for j in range(self.cols)]
+
+    def contains(self, block: Block) -> bool:
+        r, c = block
+        return self.row0 <= r < self.row0 + self.rows and self.col0 <= c < self.col0 + self.cols
+
+
+def raster_batches(grid: Grid, shape: BatchShape) -> list[Batch]:
+    """Batches of up to shape.rows x shape.cols blocks covering the grid, in raster order."""
+    batches = []
+    for row0 in range(0, grid.rows, shape.rows):
+        for col0 in range(0, grid.cols, shape.cols):
+            batches.append(Batch(len(batches), row0, col0, min(shape.rows, grid.rows - row0),
+                                 min(shape.cols, grid.cols - col0)))
+    return batches
+
+
+def external_reads(batch: Batch) -> list[Block]:
+    """Blocks outside `batch` whose K/V the batch reads, in first-use order (row-major over the batch)."""
+    seen: dict[Block, None] = {}
+    for r, c in batch.blocks():
+        for nb in neighbors(r, c)[1:]:
+            if not batch.contains(nb):
+                seen.setdefault(nb, None)
+    return list(seen)
+
+
+@dataclass(frozen=True)
+class FrontierPlan:
+    """Which blocks the frontier holds, from which batch to which batch."""
+
+    batches: tuple[Batch, ...]
+    reads: tuple[tuple[Block, ...], ...]  # reads[i]: blocks batch i takes from the frontier
+    keep: tuple[tuple[Block, ...], ...]  # keep[i]: blocks of batch i that later batches read
+    drop: tuple[tuple[Block, ...], ...]  # drop[i]: blocks whose last reader is batch i
+
+    def live_after(self, index: int) -> set[Block]:
+        """Blocks held by the frontier once batch `index` has finished."""
+        live: set[Block] = set()
+        for i in range(index + 1):
+            live.difference_update(self.drop[i])
+            live.update(self.keep[i])
+        return live
+
+
+def frontier_plan(grid: Grid, shape: BatchShape) -> FrontierPlan:
+    batches = raster_batches(grid, shape)
+    reads = [external_reads(b) for b in batches]
+    last_reader: dict[Block, int] = {}
+    for i, blocks in enumerate(reads):
+        for blk in blocks:
+            last_reader[blk] = i
+    keep = [tuple(blk for blk in b.blocks() if last_reader.get(blk, -1) > b.index) for b in batches]
+    drop = [tuple(blk for blk in blocks if last_reader[blk] == i) for i, blocks in enumerate(reads)]
+    return FrontierPlan(tuple(batches), tuple(tuple(r) for r in reads), tuple(keep), tuple(drop))
+
+
+def frontier_bound(grid: Grid, shape: BatchShape) -> int:
+    """The most blocks of K/V the frontier may hold at once: blocks per row + batch height + 1."""
+    return grid.cols + shape.rows + 1

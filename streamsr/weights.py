@@ -1,0 +1,72 @@
+"""Model dirs in diffusers' format (config.json + safetensors, written by save_pretrained) and hashes.
+
+Nothing here unpickles: weights are safetensors only. A model dir may also name its semantic encoder
+(later issues); this module only reads and writes the transformer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .config import ConfigError, ModelConfig
+from .errors import BadInput
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' SAFETENSORS_WEIGHTS_NAME
+
+
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig of a model dir, validated; BadInput with the reason if it is not one."""
+    path = Path(path)
+    cfg_file = path / "config.json"
+    if not path.is_dir():
+        raise BadInput(f"model dir {path} does not exist or is not a directory")
+    if not cfg_file.is_file():
+        raise BadInput(f"model dir {path} has no config.json")
+    try:
+        data = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"cannot read {cfg_file}: {exc}") from None
+    if data.get("_class_name") not in (None, "InfDiT"):
+        raise BadInput(f"{cfg_file} describes a {data.get('_class_name')}, not an InfDiT model")
+    fields = {k: v for k, v in data.items() if not k.startswith("_")}
+    try:
+        return ModelConfig.from_dict(fields)
+    except (ConfigError, TypeError) as exc:
+        raise BadInput(f"{cfg_file}: {exc}") from None
+
+
+def load_model_dir(path: str | Path):
+    """An InfDiT from a model dir, offline, in float32 on the CPU."""
+    from .model import InfDiT
+
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # no hub or dtype chatter for a local, offline model dir
+    path = Path(path)
+    read_model_config(path)  # clear errors before diffusers sees the dir
+    if not (path / WEIGHTS_NAME).is_file():
+        raise BadInput(f"model dir {path} has no {WEIGHTS_NAME}")
+    try:
+        return InfDiT.from_pretrained(path, local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BadInput(f"cannot load model dir {path}: {str(exc).splitlines()[0]}") from None
+
+
+def save_model_dir(model, path: str | Path) -> Path:
+    """Write config.json + safetensors (diffusers' save_pretrained)."""
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def model_hash(path: str | Path) -> str:
+    """sha256 over the model dir's config fields and weights file: identifies a model for job resume."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    digest.update(json.dumps(read_model_config(path).to_dict(), sort_keys=True).encode())
+    with open(path / WEIGHTS_NAME, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
