@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,12 +93,18 @@ def read_checkpoint(src: str | Path) -> dict[str, torch.Tensor]:
             return load_file(src)
         except (SafetensorError, OSError) as exc:
             raise BadInput(f"cannot read safetensors file {src}: {exc}") from None
+    is_zip = zipfile.is_zipfile(src)  # torch.save's default format; mmap needs it, the legacy one does not
     try:
         # SAT stores its argparse.Namespace next to the weights; allow that one plain class, nothing else.
         with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(src, map_location="cpu", weights_only=True, mmap=True)
+            data = torch.load(src, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError for a non-zip file, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+        why = [ln.split("WeightsUnpickler error:", 1)[1].split(". ")[0].strip() for ln in lines
+               if "WeightsUnpickler error:" in ln]
+        first = (why or lines or [type(exc).__name__])[0]
+        if not is_zip and not why:
+            first = f"not a torch.save file ({type(exc).__name__}: {first})"
         raise BadInput(f"cannot read {src} as a weights-only torch checkpoint: {first}") from None
     if isinstance(data, dict) and "module" in data:
         data = data["module"]
@@ -167,6 +174,8 @@ def map_state(state: dict[str, torch.Tensor], cfg: ModelConfig, expected: dict[s
             out["lr_cross.q_pos"] = tensor[0]
         elif key == ADALN + "lr_key_position_embedding":
             out["lr_cross.k_pos"] = tensor[0]
+        elif (m := re.fullmatch(r"mixins\.adaln_layer\.k_layer_norm\.(\d+)\..*", key)) and int(m[1]) >= cfg.layers:
+            unknown.append(key)  # a k_layer_norm of a layer the checkpoint does not have
         elif why := next((w for pattern, w in IGNORED.items() if re.fullmatch(pattern, key)), None):
             report.ignored[key] = why
         else:
@@ -174,11 +183,15 @@ def map_state(state: dict[str, torch.Tensor], cfg: ModelConfig, expected: dict[s
     if unknown:
         raise BadInput(f"unknown key(s) in the checkpoint: {', '.join(sorted(unknown)[:20])}"
                        + (f" (+{len(unknown) - 20} more)" if len(unknown) > 20 else ""))
-    missing = sorted(set(expected) - set(out))
+    official = {f"{ours}.{leaf}": f"{off}.{leaf}" for off, ours in modules.items() for leaf in ("weight", "bias")}
+    official.update({f"transformer.{i}.block_pos": ADALN + "re_pos_embed" for i in range(cfg.layers)})
+    official.update({"lr_cross.q_pos": ADALN + "lr_query_position_embedding",
+                     "lr_cross.k_pos": ADALN + "lr_key_position_embedding"})
+    missing = sorted(official.get(k, k) for k in set(expected) - set(out))
     if missing:
         raise BadInput(f"checkpoint is missing key(s): {', '.join(missing[:20])}"
                        + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else ""))
-    wrong = [f"{k} {tuple(out[k].shape)} != {tuple(expected[k])}" for k in sorted(expected)
+    wrong = [f"{official.get(k, k)} {tuple(out[k].shape)} != {tuple(expected[k])}" for k in sorted(expected)
              if tuple(out[k].shape) != tuple(expected[k])]
     if wrong:
         raise BadInput(f"tensor shape mismatch: {'; '.join(wrong[:10])}")
@@ -191,10 +204,16 @@ def check_rope_buffers(state: dict[str, torch.Tensor], cfg: ModelConfig, report:
     from .rope import rope_angles
 
     cos_key, sin_key = ADALN + "rope.freqs_cos", ADALN + "rope.freqs_sin"
+    if (cos_key in state) != (sin_key in state):
+        raise BadInput(f"the checkpoint stores {cos_key if cos_key in state else sin_key} without its partner")
     if cos_key not in state:
         report.notes.append(f"RoPE table rebuilt ({cfg.rope_table} x {cfg.rope_table} positions); "
                             "the checkpoint stores none")
         return
+    want = (cfg.rope_table, cfg.rope_table, cfg.head_dim)
+    for key in (cos_key, sin_key):
+        if tuple(state[key].shape) != want:
+            raise BadInput(f"{key} has shape {tuple(state[key].shape)}, expected {want}")
     stride = max(cfg.rope_table // 16, 1)
     pos = torch.arange(0, cfg.rope_table, stride)
     rows, cols = torch.meshgrid(pos, pos, indexing="ij")
@@ -215,6 +234,9 @@ def convert_infdit(src: str | Path, out_dir: str | Path, rope_table: int | None 
     from .model import InfDiT
     from .weights import save_model_dir
 
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():  # save_pretrained would only log an error and return
+        raise BadInput(f"output {out_dir} exists and is not a directory")
     state = read_checkpoint(src)
     cfg = infer_config(state, rope_table, k_uses_q_norm)
     report = ConversionReport(cfg)
@@ -223,5 +245,8 @@ def convert_infdit(src: str | Path, out_dir: str | Path, rope_table: int | None 
     mapped = map_state(state, cfg, expected, report)
     check_rope_buffers(state, cfg, report)
     model.load_state_dict({k: v.to(dtype or v.dtype) for k, v in mapped.items()}, strict=True)
-    save_model_dir(model, out_dir)
+    try:
+        save_model_dir(model, out_dir)
+    except OSError as exc:
+        raise BadInput(f"cannot write model dir {out_dir}: {exc}") from None
     return report

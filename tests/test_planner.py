@@ -1,0 +1,60 @@
+"""The planner is pure Python: check its geometry and the frontier's live set exhaustively."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from streamsr.planner import (BatchShape, Grid, Neighbors, external_reads, frontier_bound, frontier_plan,
+                              neighbors, raster_batches)
+
+
+def test_neighbors_are_clamped_like_official_full_mode():
+    assert neighbors(0, 0) == Neighbors(self=(0, 0), top_left=(0, 0), left=(0, 0), top=(0, 0))
+    assert neighbors(0, 3) == Neighbors(self=(0, 3), top_left=(0, 2), left=(0, 2), top=(0, 3))
+    assert neighbors(2, 0) == Neighbors(self=(2, 0), top_left=(1, 0), left=(2, 0), top=(1, 0))
+    assert neighbors(2, 3) == Neighbors(self=(2, 3), top_left=(1, 2), left=(2, 2), top=(1, 3))
+
+
+@pytest.mark.parametrize("rows,cols", [(r, c) for r in range(1, 7) for c in range(1, 8)])
+def test_frontier_plan_is_complete_and_bounded(rows, cols):
+    grid = Grid(rows, cols)
+    for bh, bw in itertools.product(range(1, rows + 2), range(1, cols + 2)):
+        shape = BatchShape(bh, bw)
+        plan = frontier_plan(grid, shape)
+        covered = [blk for b in plan.batches for blk in b.blocks()]
+        assert sorted(covered) == grid.blocks() and len(covered) == len(set(covered))
+        done: set = set()
+        live: set = set()
+        bound = frontier_bound(grid, shape)
+        for b in plan.batches:
+            # every block a batch reads was computed earlier and is still held
+            assert set(plan.reads[b.index]) <= live, (b, plan.reads[b.index], live)
+            assert set(plan.reads[b.index]) <= done
+            before = len(live)
+            live -= set(plan.drop[b.index])
+            live |= set(plan.keep[b.index])
+            # per layer the engine drops before it puts, so the peak is the larger of before and after
+            assert max(before, len(live)) <= bound
+            assert len(live) <= cols + bh  # DESIGN.md section 3: about one row plus the batch height
+            done |= set(b.blocks())
+            assert live == plan.live_after(b.index)
+        assert live == set()  # nothing left behind after the sweep
+
+
+def test_raster_order_and_edge_batches():
+    batches = raster_batches(Grid(3, 5), BatchShape(2, 2))
+    assert [(b.row0, b.col0, b.rows, b.cols) for b in batches] == [
+        (0, 0, 2, 2), (0, 2, 2, 2), (0, 4, 2, 1), (2, 0, 1, 2), (2, 2, 1, 2), (2, 4, 1, 1)]
+    assert external_reads(batches[4]) == [(1, 1), (2, 1), (1, 2), (1, 3)]  # first-use order
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="multiple of the block size"):
+        Grid.for_image(100, 128, 128)
+    with pytest.raises(ValueError, match="at least 1x1"):
+        BatchShape(0, 2)
+    with pytest.raises(ValueError, match="rows x cols"):
+        BatchShape.parse("2by3")
+    assert BatchShape.parse("2x3") == BatchShape(2, 3)
