@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import StreamsrError
+from .errors import BadInput, StreamsrError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -18,6 +18,50 @@ def cmd_convert_infdit(args: argparse.Namespace) -> int:
     for line in report.lines():
         print(line)
     print(f"wrote model dir {args.output}")
+    return EXIT_OK
+
+
+def parse_batch(text: str) -> tuple[int, int]:
+    from .planner import BatchShape
+
+    try:
+        shape = BatchShape.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return shape.rows, shape.cols
+
+
+def job_config(args: argparse.Namespace):
+    from .config import ConfigError, JobConfig
+
+    try:
+        return JobConfig(steps=args.steps, sampler=args.sampler, seed=args.seed, batch_rows=args.batch[0],
+                         batch_cols=args.batch[1], anchor=args.anchor, device=args.device, dtype=args.dtype,
+                         backend=args.backend, prompt_pos=args.prompt_pos or "", prompt_neg=args.prompt_neg or "")
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from .upscale import upscale
+
+    upscale(args.input, args.output, model_dir=args.model, job_dir=args.job, cfg=job_config(args), scale=args.scale,
+            keep_job=args.keep_job, progress=not args.quiet)
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .upscale import resume
+
+    resume(args.job, model_dir=args.model, progress=not args.quiet)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .upscale import status_lines
+
+    for line in status_lines(args.job):
+        print(line)
     return EXIT_OK
 
 
@@ -40,6 +84,44 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--fixed-k-norm", action="store_true",
                       help="use k_layer_norm for K (not the official model: it normalises K with q_layer_norm)")
     conv.set_defaults(func=cmd_convert_infdit)
+
+    up = sub.add_parser("upscale", help="upscale an image x4 (or x16 by chaining two jobs)",
+                        description="Upscale INPUT (PNG, JPEG or TIFF; 8/16-bit; grey, RGB, RGBA) into OUTPUT "
+                                    "(.png written by rows, or .tif/.tiff tiled BigTIFF). The job state lives "
+                                    "in a job dir: kill the process at any time and run `streamsr resume JOB`.")
+    up.add_argument("input", help="LR image")
+    up.add_argument("-o", "--output", required=True, help="output image (.png, .tif, .tiff)")
+    up.add_argument("--model", help="model dir (default: the model shipped with streamsr)")
+    up.add_argument("--job", help="job dir (default: a temporary one beside the output, removed on success)")
+    up.add_argument("--keep-job", action="store_true", help="keep the temporary job dir after success")
+    up.add_argument("--scale", type=int, default=4, help="4 (native) or 16 (two chained x4 jobs)")
+    up.add_argument("--steps", type=int, default=20, help="EDM sampler steps (default 20)")
+    up.add_argument("--sampler", choices=("heun", "euler"), default="heun")
+    up.add_argument("--seed", type=int, default=0, help="noise seed; noise is drawn per block from (seed, block)")
+    up.add_argument("--batch", type=parse_batch, default=(1, 1), metavar="RxC",
+                    help="blocks per batch, rows x cols (default 1x1); the output does not depend on it")
+    up.add_argument("--anchor", choices=("none", "global", "local"), default="global",
+                    help="statistics anchoring of the output to the upsampled LR (default global)")
+    up.add_argument("--device", default="cpu", help="cpu or cuda")
+    up.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    up.add_argument("--backend", choices=("sdpa", "reference", "xformers"), default="sdpa",
+                    help="attention kernel (default sdpa)")
+    up.add_argument("--prompt-pos", help="text direction: shift the semantic vector towards this prompt")
+    up.add_argument("--prompt-neg", help="text direction: shift the semantic vector away from this prompt")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    up.set_defaults(func=cmd_upscale)
+
+    res = sub.add_parser("resume", help="resume a stopped or killed job",
+                         description="Resume JOB where it stopped; the output is bit-identical to an "
+                                     "uninterrupted run.")
+    res.add_argument("job", help="job dir")
+    res.add_argument("--model", help="the job's model dir, if it moved (must be the same model)")
+    res.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    res.set_defaults(func=cmd_resume)
+
+    st = sub.add_parser("status", help="progress, ETA and settings of a job")
+    st.add_argument("job", help="job dir")
+    st.set_defaults(func=cmd_status)
     return parser
 
 
@@ -54,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("streamsr: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except MemoryError:
+        print("streamsr: error: out of memory", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # a full disk, a vanished file: the job itself stays resumable
+        print(f"streamsr: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}",
+              file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

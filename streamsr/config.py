@@ -112,3 +112,70 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
         return cls(**data)
+
+
+SAMPLERS = ("heun", "euler")
+ANCHORS = ("none", "global", "local")
+DTYPES = ("fp32", "bf16")
+SCALES = (4, 16)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Settings of one upscale job; everything that changes the output pixels is here."""
+
+    steps: int = 20  # EDM steps (Heun: 2*steps - 1 denoiser sweeps)
+    sampler: str = "heun"  # "heun" or "euler"
+    seed: int = 0  # per-block noise seed
+    batch_rows: int = 1  # block batch height (bh)
+    batch_cols: int = 1  # block batch width (bw)
+    anchor: str = "global"  # statistics anchoring: "none", "global" or "local"
+    sigma_min: float = 0.002  # Karras schedule ends (official values)
+    sigma_max: float = 40.0
+    rho: float = 7.0
+    device: str = "cpu"  # "cpu" or "cuda"
+    dtype: str = "fp32"  # "fp32" or "bf16"
+    backend: str = "sdpa"  # attention kernel: "sdpa", "reference" or "xformers"
+    prompt_pos: str = ""  # optional text direction for encoders with a text tower
+    prompt_neg: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise ConfigError(f"steps must be an integer in 1..1000, got {self.steps!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not (isinstance(self.batch_rows, int) and isinstance(self.batch_cols, int)
+                and self.batch_rows >= 1 and self.batch_cols >= 1):
+            raise ConfigError(f"batch must be at least 1x1, got {self.batch_rows}x{self.batch_cols}")
+        if self.anchor not in ANCHORS:
+            raise ConfigError(f"anchor must be one of {', '.join(ANCHORS)}, got {self.anchor!r}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if self.rho <= 0:
+            raise ConfigError(f"rho must be > 0, got {self.rho}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.backend not in ("sdpa", "reference", "xformers"):
+            raise ConfigError(f"backend must be sdpa, reference or xformers, got {self.backend!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown JobConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def pixel_settings(self) -> dict:
+        """The settings a resumed job must share with its creator (all but where and how fast it runs)."""
+        data = self.to_dict()
+        for name in ("device", "backend", "batch_rows", "batch_cols"):
+            data.pop(name)
+        return data

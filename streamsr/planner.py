@@ -141,3 +141,55 @@ def frontier_plan(grid: Grid, shape: BatchShape) -> FrontierPlan:
 def frontier_bound(grid: Grid, shape: BatchShape) -> int:
     """The most blocks of K/V the frontier may hold at once: blocks per row + batch height + 1."""
     return grid.cols + shape.rows + 1
+
+
+# ---- the job's task list -------------------------------------------------------------------------
+# A job is a flat list of idempotent tasks, each over one block batch:
+#   init     x_T = up(LR) + sigma_max * eps(seed, block)            writes state[0]
+#   predict  D(x_i, sigma_i) -> Euler step                           reads state[i%2]; writes pred, deriv
+#                                                                    (or state[(i+1)%2] when it is final)
+#   correct  D(pred, sigma_{i+1}) -> Heun correction                 reads pred, deriv, state[i%2];
+#                                                                    writes state[(i+1)%2]
+#   stats    per-channel moments of the result and of up(LR)         (global anchoring only)
+#   anchor   anchoring applied and quantised into the output array
+# followed by one `export` task (the output file). predict/correct tasks of one step form a sweep whose
+# K/V frontier lives across its batches.
+TASK_KINDS = ("init", "predict", "correct", "stats", "anchor", "export")
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int  # position in the job's task list (the cursor)
+    kind: str  # one of TASK_KINDS
+    step: int  # sampler step i (-1 for init/stats/anchor/export)
+    batch: Batch | None  # None for export
+
+    @property
+    def sweep(self) -> tuple[str, int]:
+        """Tasks of one sweep share a K/V frontier."""
+        return (self.kind, self.step)
+
+    @property
+    def is_model(self) -> bool:
+        return self.kind in ("predict", "correct")
+
+
+def sampler_stages(steps: int, sampler: str) -> list[tuple[str, int]]:
+    """(kind, step) of every denoiser sweep: Heun corrects every step but the last (to sigma 0)."""
+    stages = []
+    for i in range(steps):
+        stages.append(("predict", i))
+        if sampler == "heun" and i < steps - 1:
+            stages.append(("correct", i))
+    return stages
+
+
+def job_tasks(grid: Grid, shape: BatchShape, steps: int, sampler: str, anchor: str) -> list[Task]:
+    batches = raster_batches(grid, shape)
+    sweeps: list[tuple[str, int]] = [("init", -1), *sampler_stages(steps, sampler)]
+    if anchor == "global":
+        sweeps.append(("stats", -1))
+    sweeps.append(("anchor", -1))
+    tasks = [Task(0, kind, step, b) for kind, step in sweeps for b in batches]
+    tasks.append(Task(0, "export", -1, None))
+    return [Task(i, t.kind, t.step, t.batch) for i, t in enumerate(tasks)]

@@ -1,0 +1,798 @@
+"""Image input and output for streamsr: probe, read and stream-write PNG, JPEG and TIFF.
+
+Inputs (the low-resolution image) are PNG, JPEG or TIFF, recognised by their first bytes, not
+their suffix. PNG and JPEG are decoded with Pillow (16-bit colour PNG with pypng, because Pillow
+truncates it to 8 bits) and must stay within Pillow's decompression-bomb limit
+(`PIL.Image.MAX_IMAGE_PIXELS`, which this module honours but never changes). TIFFs are read with
+tifffile (8/16-bit unsigned, gray/gray+alpha/RGB/RGBA, tiled or stripped, BigTIFF) and have no
+pixel limit; `iter_row_bands` reads them band by band without loading the whole file.
+
+Outputs (the upsampled image, possibly gigapixel) are never held whole in memory: a `RowWriter`
+takes rows top to bottom and streams them into `<stem>.partial<suffix>` beside the target, which
+is renamed over the target only once every row has arrived. PNG is written with pypng's chunk
+helpers (Paeth-filtered, zlib); TIFF is a tiled (256 x 256) zlib BigTIFF written by tifffile from
+a tile generator that holds one row of tiles.
+
+Every problem with a user's file raises `BadInput` (exit 2), a failure while writing the output
+raises `OutputError` (exit 1); both carry one line that names the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import struct
+import tempfile
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import png
+import tifffile
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
+
+from .errors import BadInput, StreamsrError
+
+MAX_SIDE = 2**31  # pixels per side; more is refused as absurd
+MAX_PIXELS = 2**40  # pixels in all; more is refused as absurd
+TILE = 256  # TIFF output tile size
+ZLIB_LEVEL = 6  # PNG and TIFF output compression level
+OUTPUT_SUFFIXES = (".png", ".tif", ".tiff")
+INPUT_FORMATS = ("PNG", "JPEG", "TIFF")
+MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_FILTER_BYTES = 1 << 20  # raw bytes Paeth-filtered per numpy pass (bounds the int16 temporaries)
+_IDAT_BYTES = 1 << 20  # compressed bytes gathered into one IDAT chunk
+_DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error, zlib.error,
+    png.Error, Image.DecompressionBombError, tifffile.TiffFileError,
+)
+
+# Pillow's default, stated here because a truncated input must fail, never decode as grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class OutputError(StreamsrError):
+    """Writing the output failed (disk full, I/O error); nothing was left at the target."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What `probe` learns from an image header (orientation already applied for JPEG EXIF)."""
+
+    path: Path
+    width: int
+    height: int
+    channels: int  # 1-4
+    mode: str  # "L", "LA", "RGB", "RGBA"
+    bit_depth: int  # 8 or 16
+    format: str  # "PNG", "JPEG", "TIFF"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(height, width, channels), the shape `read_image` returns."""
+        return (self.height, self.width, self.channels)
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS reason of an OSError ("No space left on device"), else the exception's text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return _one_line(exc) or type(exc).__name__
+
+
+def _bad(path: os.PathLike | str, problem: str) -> BadInput:
+    return BadInput(_one_line(f"{path}: {problem}"))
+
+
+def _output_error(path: Path, exc: BaseException) -> OutputError:
+    return OutputError(_one_line(f"{path}: cannot write output: {_reason(exc)}"))
+
+
+def _max_value(bit_depth: int) -> int:
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth!r}")
+    return 255 if bit_depth == 8 else 65535
+
+
+def _uint_dtype(bit_depth: int) -> type[np.unsignedinteger]:
+    return np.uint8 if _max_value(bit_depth) == 255 else np.uint16
+
+
+def to_uint(x: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float samples in [0, 1] to uint8/uint16: clipped, rounded to nearest, NaN as 0."""
+    top = _max_value(bit_depth)
+    y = np.multiply(x, top, dtype=np.float32)
+    np.nan_to_num(y, copy=False, nan=0.0)
+    np.clip(y, 0, top, out=y)
+    np.rint(y, out=y)
+    return y.astype(_uint_dtype(bit_depth))
+
+
+def _to_float(data: np.ndarray, bit_depth: int) -> np.ndarray:
+    out = data.astype(np.float32)
+    out /= np.float32(_max_value(bit_depth))
+    return out
+
+
+def _as_hwc(data: np.ndarray, channels: int) -> np.ndarray:
+    return data.reshape(data.shape[0], data.shape[1], channels)
+
+
+# ----------------------------------------------------------------------------- probing
+
+
+def _check_readable(path: Path) -> bytes:
+    """The file's first 64 bytes, after refusing a missing, empty, unreadable or non-file path."""
+    if not path.exists():
+        raise _bad(path, "no such file")
+    if path.is_dir():
+        raise _bad(path, "is a directory, not an image")
+    try:
+        if path.stat().st_size == 0:
+            raise _bad(path, "is empty (0 bytes)")
+        with open(path, "rb") as f:
+            return f.read(64)
+    except OSError as e:
+        raise _bad(path, f"cannot read: {_reason(e)}") from e
+
+
+def _sniff(head: bytes) -> str:
+    if head.startswith(_PNG_MAGIC):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] in _TIFF_MAGICS:
+        return "TIFF"
+    return ""
+
+
+def _unsupported_format(path: Path) -> BadInput:
+    """Name the format if Pillow knows it, else say it is not an image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                fmt = im.format
+    except Exception:  # noqa: BLE001 - anything Pillow cannot identify is "not an image"
+        fmt = None
+    supported = ", ".join(INPUT_FORMATS)
+    if fmt:
+        return _bad(path, f"is a {fmt} image; supported input formats: {supported}")
+    return _bad(path, f"is not an image (supported input formats: {supported})")
+
+
+def _check_dims(path: Path, width: int, height: int) -> None:
+    if width <= 0 or height <= 0:
+        raise _bad(path, f"has an empty size ({width}x{height} pixels)")
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise _bad(path, f"has absurd dimensions {width}x{height} "
+                         f"(limits: {MAX_SIDE} pixels per side, {MAX_PIXELS} pixels in all)")
+
+
+def _check_pillow_limit(path: Path, fmt: str, width: int, height: int) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise _bad(path, f"{fmt} image is {width}x{height} ({width * height / 1e6:.1f} MP), above "
+                         f"Pillow's limit of {limit / 1e6:.1f} MP (PIL.Image.MAX_IMAGE_PIXELS); "
+                         f"convert it to a tiled TIFF (e.g. vips tiffsave in.{fmt.lower()} in.tif "
+                         f"--tile --bigtiff) and pass that instead")
+
+
+def _png_ihdr(path: Path, head: bytes) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) straight from the IHDR chunk."""
+    if len(head) < 29 or head[12:16] != b"IHDR":
+        raise _bad(path, "is not a valid PNG: missing IHDR header")
+    width, height, depth, ctype = struct.unpack(">IIBB", head[16:26])
+    return width, height, depth, ctype
+
+
+def _png_mode(path: Path, depth: int, ctype: int, has_trns: bool) -> tuple[str, int]:
+    """streamsr mode and bit depth of a PNG: palettes become RGB(A), <8-bit grey becomes 8-bit."""
+    if ctype == 3:
+        return ("RGBA" if has_trns else "RGB"), 8
+    mode = {0: "L", 2: "RGB", 4: "LA", 6: "RGBA"}.get(ctype)
+    if mode is None:
+        raise _bad(path, f"is not a valid PNG: unknown colour type {ctype}")
+    return mode, 16 if depth == 16 else 8
+
+
+def _open_pillow(path: Path, fmt: str) -> Image.Image:
+    """Open lazily (header only) with the format's plugin; the pixel limit is checked by us."""
+    cls = PngImagePlugin.PngImageFile if fmt == "PNG" else JpegImagePlugin.JpegImageFile
+    try:
+        return cls(os.fspath(path))
+    except _DECODE_ERRORS as e:
+        raise _bad(path, f"is not a valid {fmt}: {_reason(e)}") from e
+
+
+def _jpeg_orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block only loses the orientation
+        return 1
+
+
+def _probe_png(path: Path, head: bytes) -> ImageInfo:
+    width, height, depth, ctype = _png_ihdr(path, head)
+    _check_dims(path, width, height)
+    _check_pillow_limit(path, "PNG", width, height)
+    with _open_pillow(path, "PNG") as im:
+        mode, bits = _png_mode(path, depth, ctype, "transparency" in im.info)
+    return ImageInfo(path, width, height, len(mode), mode, bits, "PNG")
+
+
+def _probe_jpeg(path: Path) -> ImageInfo:
+    with _open_pillow(path, "JPEG") as im:
+        width, height = im.size
+        if _jpeg_orientation(im) in (5, 6, 7, 8):
+            width, height = height, width
+        mode = im.mode
+    if mode == "CMYK":
+        raise _bad(path, "is a CMYK JPEG, which is not supported; convert it to RGB first")
+    if mode not in ("L", "RGB"):
+        raise _bad(path, f"is a JPEG in mode {mode}, which is not supported (only grey and RGB)")
+    _check_dims(path, width, height)
+    _check_pillow_limit(path, "JPEG", width, height)
+    return ImageInfo(path, width, height, len(mode), mode, 8, "JPEG")
+
+
+class _LogCollector(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(_one_line(record.getMessage()))
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[_LogCollector]:
+    """Collect, instead of printing, tifffile's log lines while a header is parsed."""
+    log, collector = logging.getLogger("tifffile"), _LogCollector()
+    propagate, log.propagate = log.propagate, False
+    log.addHandler(collector)
+    try:
+        yield collector
+    finally:
+        log.removeHandler(collector)
+        log.propagate = propagate
+
+
+def _open_tiff(path: Path) -> tifffile.TiffFile:
+    with _quiet_tifffile() as log:
+        try:
+            tf = tifffile.TiffFile(path)
+            try:
+                tf.pages.first  # noqa: B018 - parse the first IFD now, quietly
+            except BaseException:
+                tf.close()
+                raise
+            return tf
+        except _DECODE_ERRORS as e:
+            reason = _reason(e)
+            if len(reason) < 8 and log.messages:  # e.g. IndexError(0): the log says why
+                reason = log.messages[-1]
+            raise _bad(path, f"is not a valid TIFF: {reason}") from e
+
+
+_TIFF_MODES = {("MINISBLACK", 1): "L", ("MINISBLACK", 2): "LA", ("RGB", 3): "RGB",
+               ("RGB", 4): "RGBA", ("YCBCR", 3): "RGB"}
+_TIFF_KINDS = {"PALETTE": "palette", "SEPARATED": "CMYK", "MINISWHITE": "min-is-white",
+               "CIELAB": "CIE L*a*b*", "MASK": "transparency mask"}
+
+
+def _tiff_mode(path: Path, page: tifffile.TiffPage) -> tuple[str, int]:
+    dtype, bits = page.dtype, page.bitspersample
+    if page.sampleformat == 3:
+        raise _bad(path, f"is a {bits}-bit floating-point TIFF, which is not supported; "
+                         "convert it to 8- or 16-bit unsigned integers")
+    if dtype not in (np.uint8, np.uint16):
+        raise _bad(path, f"has {bits}-bit TIFF samples of sample format {page.sampleformat}; "
+                         "only 8- and 16-bit unsigned integers are supported")
+    photometric = getattr(page.photometric, "name", str(page.photometric))
+    mode = _TIFF_MODES.get((photometric, page.samplesperpixel))
+    if mode is None and photometric in _TIFF_KINDS:
+        raise _bad(path, f"is a {_TIFF_KINDS[photometric]} TIFF, which is not supported; "
+                         "convert it to grey or RGB")
+    if mode is None:
+        raise _bad(path, f"is a TIFF with photometric {photometric} and {page.samplesperpixel} "
+                         "samples per pixel; supported: grey, grey+alpha, RGB, RGBA")
+    return mode, 8 if dtype == np.uint8 else 16
+
+
+def _tiff_page_info(path: Path, page: tifffile.TiffPage) -> ImageInfo:
+    width, height = page.imagewidth, page.imagelength
+    _check_dims(path, width, height)
+    if page.imagedepth > 1:
+        raise _bad(path, "is a volumetric (3-D) TIFF, which is not supported")
+    mode, bits = _tiff_mode(path, page)
+    try:
+        tifffile.TIFF.DECOMPRESSORS[page.compression]
+    except KeyError:
+        name = getattr(page.compression, "name", page.compression)
+        raise _bad(path, f"uses TIFF compression {name}, which needs the 'imagecodecs' package "
+                         "(pip install imagecodecs) or re-saving with zlib or no compression") from None
+    return ImageInfo(path, width, height, len(mode), mode, bits, "TIFF")
+
+
+def _probe_tiff(path: Path) -> ImageInfo:
+    with _open_tiff(path) as tf:
+        return _tiff_page_info(path, tf.pages.first)
+
+
+def probe(path: os.PathLike | str) -> ImageInfo:
+    """Read only the header of a PNG, JPEG or TIFF; BadInput for anything streamsr cannot read."""
+    path = Path(path)
+    head = _check_readable(path)
+    fmt = _sniff(head)
+    if fmt == "PNG":
+        return _probe_png(path, head)
+    if fmt == "JPEG":
+        return _probe_jpeg(path)
+    if fmt == "TIFF":
+        return _probe_tiff(path)
+    raise _unsupported_format(path)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _pillow_pixels(im: Image.Image, info: ImageInfo) -> np.ndarray:
+    """Integer (H, W, C) array in the mode and depth `probe` announced."""
+    if info.bit_depth == 16:  # only 16-bit grey PNG comes here (mode I;16, I;16B or I)
+        data = np.asarray(im).astype(np.uint16)
+    else:
+        if im.mode != info.mode:
+            im = im.convert(info.mode)
+        data = np.asarray(im)
+    return _as_hwc(data, info.channels)
+
+
+def _read_pillow(info: ImageInfo) -> np.ndarray:
+    with _open_pillow(info.path, info.format) as im:
+        try:
+            im.load()
+            if info.format == "JPEG":
+                im = ImageOps.exif_transpose(im)
+            return _pillow_pixels(im, info)
+        except _DECODE_ERRORS as e:
+            raise _bad(info.path, f"is a corrupt or truncated {info.format}: {_reason(e)}") from e
+
+
+def _read_png16(info: ImageInfo) -> np.ndarray:
+    """16-bit colour PNG through pypng (Pillow would drop to 8 bits)."""
+    try:
+        width, height, rows, meta = png.Reader(filename=os.fspath(info.path)).asDirect()
+        planes = meta["planes"]
+        data = np.empty((height, width * planes), np.uint16)
+        for y, row in enumerate(rows):
+            data[y] = row
+    except _DECODE_ERRORS as e:
+        raise _bad(info.path, f"is a corrupt or truncated PNG: {_reason(e)}") from e
+    return data.reshape(height, width, planes)[:, :, : info.channels]
+
+
+def _tiff_decode(path: Path, read) -> np.ndarray:
+    """`read()` (a tifffile or zarr decode) with any decoder failure reported as BadInput."""
+    try:
+        return np.asarray(read())
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure means a broken input file
+        raise _bad(path, f"is a corrupt TIFF: {type(e).__name__}: {_reason(e)}") from e
+
+
+def _tiff_hwc(data: np.ndarray, page: tifffile.TiffPage, channels: int) -> np.ndarray:
+    """Decoded TIFF rows as (rows, W, C); planar-separate pages come as (S, rows, W)."""
+    if page.planarconfig == 2 and page.samplesperpixel > 1:
+        data = np.moveaxis(data, 0, -1)
+    return _as_hwc(data, channels)
+
+
+def _read_tiff(info: ImageInfo) -> np.ndarray:
+    with _open_tiff(info.path) as tf:
+        page = tf.pages.first
+        return _tiff_hwc(_tiff_decode(info.path, page.asarray), page, info.channels)
+
+
+def _decode(info: ImageInfo) -> np.ndarray:
+    if info.format == "TIFF":
+        return _read_tiff(info)
+    if info.format == "PNG" and info.bit_depth == 16 and info.mode != "L":
+        return _read_png16(info)
+    return _read_pillow(info)
+
+
+def read_image(path: os.PathLike | str) -> tuple[np.ndarray, ImageInfo]:
+    """The whole image as float32 (H, W, C) in [0, 1] (8-bit / 255, 16-bit / 65535) and its info."""
+    info = probe(path)
+    return _to_float(_decode(info), info.bit_depth), info
+
+
+def _tiff_row_reader(path: Path, page: tifffile.TiffPage, channels: int):
+    """read(y0, y1) -> integer (rows, W, C), decoding only the strips/tiles of those rows."""
+    import zarr  # imported here: only band reading of TIFFs needs it
+
+    arr = zarr.open_array(page.aszarr(), mode="r")
+    separate = page.planarconfig == 2 and page.samplesperpixel > 1
+    key = (lambda y0, y1: (slice(None), slice(y0, y1))) if separate else (lambda y0, y1: slice(y0, y1))
+
+    def read(y0: int, y1: int) -> np.ndarray:
+        return _tiff_hwc(_tiff_decode(path, lambda: arr[key(y0, y1)]), page, channels)
+
+    return read
+
+
+def _tiff_bands(info: ImageInfo, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Bands of a TIFF; each strip/tile row is decoded once and at most one is kept."""
+    with _open_tiff(info.path) as tf:
+        page = tf.pages.first
+        step = max(1, min(int(page.chunks[0]), info.height))  # rows per strip or tile
+        read = _tiff_row_reader(info.path, page, info.channels)
+        cache, cache_y0 = np.empty((0, info.width, info.channels), page.dtype), 0
+        for y0 in range(0, info.height, band_rows):
+            y1 = min(info.height, y0 + band_rows)
+            cache_end = cache_y0 + len(cache)
+            if y1 > cache_end:
+                new = read(cache_end, min(info.height, -(-y1 // step) * step))
+                cache, cache_y0 = np.concatenate([cache[y0 - cache_y0:], new]), y0
+            yield y0, _to_float(cache[y0 - cache_y0: y1 - cache_y0], info.bit_depth)
+
+
+def _sliced_bands(info: ImageInfo, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    image = _to_float(_decode(info), info.bit_depth)
+    for y0 in range(0, info.height, band_rows):
+        yield y0, image[y0: y0 + band_rows]
+
+
+def iter_row_bands(path: os.PathLike | str, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(y0, float32 (rows, W, C) in [0, 1]) bands top to bottom; the last may be shorter.
+
+    The header is probed now (so a bad file fails here, not at the first band). TIFFs are
+    decoded band by band; PNG/JPEG (within Pillow's limit) are decoded whole and sliced.
+    """
+    if band_rows < 1:
+        raise ValueError(f"band_rows must be >= 1, not {band_rows}")
+    info = probe(path)
+    if info.format == "TIFF":
+        return _tiff_bands(info, band_rows)
+    return _sliced_bands(info, band_rows)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def partial_path(path: os.PathLike | str) -> Path:
+    """The temporary file beside `path` that a writer fills: out.png -> out.partial.png."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
+        raise _bad(path, f"unsupported output format {shown}; supported: {', '.join(OUTPUT_SUFFIXES)}")
+    return suffix
+
+
+def check_output_path(path: os.PathLike | str) -> Path:
+    """Fail early (BadInput) unless `path` can receive an output image; returns it as a Path."""
+    path = Path(path)
+    _suffix(path)
+    if path.is_dir():
+        raise _bad(path, "is a directory; give a file name such as "
+                         f"{path / ('out' + OUTPUT_SUFFIXES[0])}")
+    parent = path.parent
+    if not parent.exists():
+        raise _bad(path, f"output directory {parent} does not exist")
+    if not parent.is_dir():
+        raise _bad(path, f"{parent} is not a directory")
+    try:
+        fd, probe_name = tempfile.mkstemp(prefix=".streamsr-write-test-", dir=parent)
+        os.close(fd)
+        os.unlink(probe_name)
+    except OSError as e:
+        raise _bad(path, f"cannot write to directory {parent}: {_reason(e)}") from e
+    return path
+
+
+def _open_temp(path: Path):
+    """Open the temporary output file (a seam for tests that simulate a full disk)."""
+    return open(path, "wb")
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class RowWriter:
+    """Streams rows (top to bottom) into `<stem>.partial<suffix>`, renamed onto `path` by close().
+
+    Use as a context manager: an exception inside the block aborts (the target is untouched).
+    `write_rows` takes uint8 (8-bit) or uint16 (16-bit) arrays of shape (n, width, channels),
+    any n. OSError while writing becomes OutputError and aborts.
+    """
+
+    def __init__(self, path: Path, width: int, height: int, channels: int, bit_depth: int,
+                 compress: bool = True):
+        self.path, self.tmp_path = path, partial_path(path)
+        self.width, self.height, self.channels = width, height, channels
+        self.bit_depth, self.compress = bit_depth, compress
+        self.dtype = np.dtype(_uint_dtype(bit_depth))
+        self.rows_written = 0
+        self._state = "open"
+        try:
+            self._file = _open_temp(self.tmp_path)
+        except OSError as e:
+            self._state = "aborted"
+            raise _output_error(path, e) from e
+
+    # subclasses implement these three
+    def _write(self, rows: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        raise NotImplementedError
+
+    def _cancel(self) -> None:
+        """Stop background work before the temporary file is closed and removed."""
+
+    def _check_rows(self, rows: np.ndarray) -> np.ndarray:
+        if self._state != "open":
+            raise ValueError(f"{self.path}: writer is already {self._state}")
+        rows = np.asarray(rows)
+        if rows.ndim == 2 and self.channels == 1:
+            rows = rows[:, :, None]
+        if rows.ndim != 3 or rows.shape[1:] != (self.width, self.channels):
+            raise ValueError(f"rows must be (n, {self.width}, {self.channels}), not {rows.shape}")
+        if rows.dtype != self.dtype:
+            raise TypeError(f"rows must be {self.dtype} for {self.bit_depth}-bit output, not {rows.dtype}")
+        if self.rows_written + len(rows) > self.height:
+            raise ValueError(f"{self.rows_written} + {len(rows)} rows exceed the height {self.height}")
+        return rows
+
+    def _guarded(self, func, *args) -> None:
+        """Run a write step; on any failure abort, and report OSError as OutputError."""
+        try:
+            func(*args)
+        except OSError as e:
+            self.abort()
+            raise _output_error(self.path, e) from e
+        except BaseException:
+            self.abort()
+            raise
+
+    def write_rows(self, rows: np.ndarray) -> None:
+        """Append rows (n, width, channels) below those already written."""
+        rows = self._check_rows(rows)
+        if len(rows):
+            self._guarded(self._write, np.ascontiguousarray(rows))
+            self.rows_written += len(rows)
+
+    def _commit(self) -> None:
+        self._finish()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp_path, self.path)
+        _fsync_dir(self.path.parent)
+
+    def close(self) -> None:
+        """Finish the file and rename it onto the target; an incomplete image is discarded."""
+        if self._state != "open":
+            return
+        if self.rows_written < self.height:
+            self.abort()
+            raise OutputError(_one_line(
+                f"{self.path}: only {self.rows_written} of {self.height} rows were written; "
+                "the output was discarded"))
+        self._guarded(self._commit)
+        self._state = "closed"
+
+    def abort(self) -> None:
+        """Drop the temporary file; an existing target is left as it was. Safe to call twice."""
+        if self._state != "open":
+            return
+        self._state = "aborted"
+        self._cancel()
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            self.tmp_path.unlink()
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _paeth_filter(raw: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
+    """PNG filter type 4 for raw scanlines (n, L) uint8 below `prev` (L,); returns (n, 1 + L)."""
+    x = raw.astype(np.int16)
+    b = np.concatenate([prev[None], raw[:-1]]).astype(np.int16)  # above
+    a = np.zeros_like(x)
+    a[:, bpp:] = x[:, :-bpp]  # left
+    c = np.zeros_like(x)
+    c[:, bpp:] = b[:, :-bpp]  # above-left
+    pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+    pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    out = np.empty((raw.shape[0], raw.shape[1] + 1), np.uint8)
+    out[:, 0] = 4
+    out[:, 1:] = (x - pred) & 0xFF
+    return out
+
+
+class _PngWriter(RowWriter):
+    """PNG through pypng's header and chunk writers, Paeth-filtered rows fed to one zlib stream."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._bpp = self.channels * self.dtype.itemsize
+        self._prev = np.zeros(self.width * self._bpp, np.uint8)
+        self._zip = zlib.compressobj(ZLIB_LEVEL if self.compress else 0)
+        self._pending = bytearray()
+        header = png.Writer(self.width, self.height, greyscale=self.channels <= 2,
+                            alpha=self.channels in (2, 4), bitdepth=self.bit_depth)
+        self._guarded(header.write_preamble, self._file)
+
+    def _emit(self, data: bytes, final: bool = False) -> None:
+        self._pending += data
+        if self._pending and (final or len(self._pending) >= _IDAT_BYTES):
+            png.write_chunk(self._file, b"IDAT", bytes(self._pending))
+            self._pending.clear()
+
+    def _write(self, rows: np.ndarray) -> None:
+        raw = rows.astype(">u2", copy=False) if self.bit_depth == 16 else rows
+        raw = raw.view(np.uint8).reshape(len(rows), -1)
+        step = max(1, _FILTER_BYTES // raw.shape[1])
+        for i in range(0, len(raw), step):
+            block = raw[i: i + step]
+            self._emit(self._zip.compress(_paeth_filter(block, self._prev, self._bpp)))
+            self._prev = block[-1].copy()
+
+    def _finish(self) -> None:
+        self._emit(self._zip.flush(), final=True)
+        png.write_chunk(self._file, b"IEND")
+
+
+class _Cancelled(Exception):
+    """Raised inside the tile generator to stop tifffile when the writer is aborted."""
+
+
+class _TiffWriter(RowWriter):
+    """Tiled zlib BigTIFF: rows gather into one tile row, which a tifffile thread consumes.
+
+    tifffile pulls tiles from a generator, so it runs in a worker thread; `write_rows` hands each
+    complete tile row over and waits until tifffile has taken all of its tiles, so one tile row
+    (plus the tiles being compressed) is all that is ever held.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._inbox: queue.Queue = queue.Queue(maxsize=1)
+        self._band: np.ndarray | None = None
+        self._band_y0 = self._band_fill = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="streamsr-tiff-writer", daemon=True)
+        self._thread.start()
+
+    def _tiff_options(self) -> dict:
+        alpha = self.channels in (2, 4)
+        opts = dict(
+            shape=(self.height, self.width) + ((self.channels,) if self.channels > 1 else ()),
+            dtype=self.dtype, tile=(TILE, TILE), photometric="rgb" if self.channels >= 3 else "minisblack",
+            planarconfig="contig" if self.channels > 1 else None,
+            extrasamples=("unassalpha",) if alpha else None, metadata=None,
+            buffersize=-(-self.width // TILE) * TILE * TILE * self.channels * self.dtype.itemsize,
+        )
+        if self.compress:
+            opts.update(compression="zlib", compressionargs={"level": ZLIB_LEVEL}, predictor=True)
+        return opts
+
+    def _run(self) -> None:
+        try:
+            with tifffile.TiffWriter(self._file, bigtiff=True) as tw:
+                tw.write(self._tiles(), **self._tiff_options())
+        except BaseException as e:  # noqa: BLE001 - handed to the producer thread
+            self._error = e
+
+    def _tiles(self) -> Iterator[np.ndarray]:
+        for _ in range(-(-self.height // TILE)):
+            band = self._inbox.get()
+            try:
+                if band is None:
+                    raise _Cancelled
+                for x0 in range(0, self.width, TILE):
+                    yield band[:, x0: x0 + TILE]  # tifffile pads edge tiles
+            finally:
+                self._inbox.task_done()
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._thread.is_alive():
+            raise OSError("the TIFF writer thread stopped early")
+
+    def _handoff(self, band: np.ndarray) -> None:
+        self._raise_failure()
+        self._inbox.put(band)  # empty: the previous band was taken before the last handoff returned
+        with self._inbox.all_tasks_done:
+            while self._inbox.unfinished_tasks and self._thread.is_alive():
+                self._inbox.all_tasks_done.wait(0.05)
+        if self._error is not None:
+            raise self._error
+        # (the last band is never marked done: tifffile stops pulling, the thread simply ends)
+
+    def _write(self, rows: np.ndarray) -> None:
+        if self.channels == 1:
+            rows = rows[:, :, 0]
+        i = 0
+        while i < len(rows):
+            if self._band is None:
+                n = min(TILE, self.height - self._band_y0)
+                self._band = np.empty((n,) + rows.shape[1:], self.dtype)
+                self._band_fill = 0
+            k = min(len(rows) - i, len(self._band) - self._band_fill)
+            self._band[self._band_fill: self._band_fill + k] = rows[i: i + k]
+            self._band_fill += k
+            i += k
+            if self._band_fill == len(self._band):
+                band, self._band = self._band, None
+                self._handoff(band)
+                self._band_y0 += len(band)
+
+    def _finish(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def _cancel(self) -> None:
+        while self._thread.is_alive():
+            try:
+                self._inbox.put(None, timeout=0.05)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+
+
+def open_writer(path: os.PathLike | str, width: int, height: int, channels: int, bit_depth: int,
+                *, compress: bool = True) -> RowWriter:
+    """A RowWriter for `path`, chosen by suffix (.png, .tif, .tiff); compress=False stores raw."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if channels not in MODES:
+        raise ValueError(f"channels must be 1-4, not {channels!r}")
+    _max_value(bit_depth)
+    if not (0 < width < MAX_SIDE and 0 < height < MAX_SIDE and width * height <= MAX_PIXELS):
+        raise ValueError(f"bad output size {width}x{height}")
+    cls = _PngWriter if suffix == ".png" else _TiffWriter
+    return cls(path, width, height, channels, bit_depth, compress)

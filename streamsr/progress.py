@@ -1,0 +1,60 @@
+"""Progress over a whole job: tasks done / total, model blocks per second and the ETA.
+
+On a terminal it redraws one line; otherwise (CI, logs) it prints a plain line every few seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def eta_seconds(blocks_left: int, blocks_done: int, seconds: float) -> float | None:
+    """Remaining time at the measured model rate; None until something was measured."""
+    if blocks_done <= 0 or seconds <= 0:
+        return None
+    return blocks_left * seconds / blocks_done
+
+
+class Progress:
+    def __init__(self, total_tasks: int, total_blocks: int, stream=None, interval: float = 5.0,
+                 enabled: bool = True):
+        self.total_tasks = total_tasks
+        self.total_blocks = total_blocks  # model block evaluations of the whole job
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = interval if not self.tty else 0.2
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.session_blocks = 0
+
+    def update(self, tasks_done: int, blocks_done: int, label: str, new_blocks: int, force: bool = False) -> None:
+        self.session_blocks += new_blocks
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < self.interval):
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = self.session_blocks / elapsed if elapsed > 0 else 0.0
+        eta = eta_seconds(self.total_blocks - blocks_done, self.session_blocks, elapsed)
+        pct = 100.0 * tasks_done / max(self.total_tasks, 1)
+        line = (f"{label:<18} {pct:5.1f}%  tasks {tasks_done}/{self.total_tasks}  {rate:6.2f} blocks/s  "
+                f"ETA {format_seconds(eta) if eta is not None else '?'}")
+        if self.tty:
+            self.stream.write("\r" + line + "\033[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
