@@ -27,7 +27,7 @@ from .faults import kill_point
 from .planner import Task, job_tasks
 from .progress import Progress
 from .sampler import karras_sigmas
-from .store import FORMAT, MANIFEST, STORE, Geometry, JobError, JobStore, job_lock, read_manifest
+from .store import FORMAT, MANIFEST, STORE, CroppedView, Geometry, JobError, JobStore, job_lock, read_manifest
 from .weights import model_hash, read_model_config
 
 BAND_BLOCKS = 8  # LR blocks per ingest band
@@ -106,18 +106,6 @@ def ingest(store: JobStore, source: Source) -> None:
             alpha[0, 0, y, :] = alpha[0, 0, src, :]
 
 
-class CroppedLR:
-    """The unpadded LR of a store as a sliceable (1, 3, h, w) array (for the semantic thumbnail)."""
-
-    def __init__(self, store: JobStore):
-        self.array = store.array("lr")
-        self.shape = (1, 3, store.geometry.lr_height, store.geometry.lr_width)
-
-    def __getitem__(self, key):
-        _, _, h, w = self.shape
-        return self.array[:, :, :h, :w][key]
-
-
 def default_model_dir() -> Path:
     """The model shipped inside the package."""
     return Path(__file__).resolve().parent / "models" / "default"
@@ -181,7 +169,7 @@ def create_job(root: Path, source: Source, output: Path | None, model_dir: Path,
     store = JobStore.create(root, manifest, channels_out, "uint16" if source.bit_depth == 16 else "uint8",
                             "A" in source.mode, mcfg.vector_dim)
     ingest(store, source)
-    vector = semantic_vector(model_dir, mcfg.vector_dim, CroppedLR(store), cfg.prompt_pos or None,
+    vector = semantic_vector(model_dir, mcfg.vector_dim, CroppedView(store.array("lr"), geo.lr_height, geo.lr_width), cfg.prompt_pos or None,
                              cfg.prompt_neg or None)
     if vector is not None:
         store.array("vector")[...] = vector.detach().float().cpu().numpy()

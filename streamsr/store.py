@@ -170,6 +170,17 @@ class JobStore:
         return self.group[name]
 
 
+class CroppedView:
+    """The unpadded (h, w) top-left part of a (1, C, H, W) array, sliceable like the array itself."""
+
+    def __init__(self, array, height: int, width: int):
+        self.array = array
+        self.shape = (*array.shape[:2], height, width)
+
+    def __getitem__(self, key):
+        return self.array[:, :, :self.shape[2], :self.shape[3]][key]
+
+
 @contextlib.contextmanager
 def job_lock(root: Path):
     """Hold the job's lock for the life of the block; a second process gets a clear JobError."""

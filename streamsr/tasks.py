@@ -25,7 +25,7 @@ from .model import InfDiT, blocks_to_image, image_to_blocks
 from .noise import block_noise
 from .planner import Batch, BatchShape, Grid, Task, frontier_bound, frontier_plan
 from .sampler import euler_step, heun_correct, to_d
-from .store import JobStore
+from .store import CroppedView, JobStore
 from .upsample import upsample_region
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601: grey output from the RGB model
@@ -221,16 +221,30 @@ class TaskRunner:
         rgb = y[0].permute(1, 2, 0).cpu().numpy()  # (h, w, 3)
         planes = [rgb @ np.array(LUMA, dtype=np.float32)[:, None]] if info["mode"] in ("L", "LA") else [rgb]
         if "A" in info["mode"]:
-            alpha = upsample_region(self.store.array("alpha"), box, clamp=False).clamp(0, 1)
-            planes.append(alpha[0].permute(1, 2, 0).numpy())
+            planes.append(self._alpha(box))
         pixels = to_uint(np.concatenate(planes, axis=-1), info["bit_depth"])  # (h, w, C)
         y0, y1, x0, x1 = box
         with self.timers("write"):
             self.store.array("output")[y0:y1, x0:x1, :] = pixels
+        kill_point(self._task_index, "mid-write")
+
+    def _alpha(self, box) -> np.ndarray:
+        """Bicubic x4 of the unpadded input alpha over the box (zero in the padding): (h, w, 1)."""
+        y0, y1, x0, x1 = box
+        alpha = np.zeros((y1 - y0, x1 - x0, 1), dtype=np.float32)
+        valid = self._valid(box)
+        if valid is not None:
+            _, b, _, e = valid
+            source = CroppedView(self.store.array("alpha"), self.geo.lr_height, self.geo.lr_width)
+            region = upsample_region(source, (y0, y0 + b, x0, x0 + e), clamp=False).clamp(0, 1)  # (1, 1, b, e)
+            alpha[:b, :e] = region[0].permute(1, 2, 0).numpy()
+        return alpha
 
     def export(self) -> None:
         """Write the output file by bands of block rows, cropped to the unpadded size."""
         info, out = self.store.manifest["input"], self.store.manifest["output"]
+        if out["path"] is None:  # the first stage of a x16 chain: its output array feeds the next stage
+            return
         h, w = self.geo.hr_size
         arr = self.store.array("output")
         with self.timers("write"), open_writer(out["path"], w, h, arr.shape[2], info["bit_depth"]) as writer:

@@ -112,11 +112,14 @@ def upscale(input_path, output, model_dir=None, job_dir=None, cfg: JobConfig | N
             prepare_chain(root, input_path, output, model_dir, cfg)
             run_chain(root, progress)
     except (Interrupted, JobError, OSError, MemoryError, KeyboardInterrupt) as exc:
-        if (root / MANIFEST).is_file() or (root / CHAIN).is_file():
+        kept = (root / MANIFEST).is_file() or (root / CHAIN).is_file()
+        if kept and not isinstance(exc, Interrupted):
             log(f"the job is kept in {root}; resume it with: streamsr resume {root}")
-        elif temporary:
+        elif not kept and temporary:
             shutil.rmtree(root, ignore_errors=True)
-        raise exc
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted; resume with: streamsr resume {root}" if kept else "interrupted") from None
+        raise
     except BaseException:
         if temporary and not (root / MANIFEST).is_file():
             shutil.rmtree(root, ignore_errors=True)
@@ -142,10 +145,13 @@ def prepare_chain(root: Path, input_path: Path, output: Path, model_dir: Path, c
 
 def resume(job_dir, model_dir=None, progress: bool = True) -> None:
     root = Path(job_dir).resolve()
-    if (root / CHAIN).is_file():
-        run_chain(root, progress)
-    else:
-        run_job(root, Path(model_dir) if model_dir else None, progress=progress, log=log)
+    try:
+        if (root / CHAIN).is_file():
+            run_chain(root, progress)
+        else:
+            run_job(root, Path(model_dir) if model_dir else None, progress=progress, log=log)
+    except KeyboardInterrupt:  # before the run loop took over Ctrl-C (loading, replaying)
+        raise Interrupted(f"interrupted; resume with: streamsr resume {root}") from None
     log(f"job {root} is done")
 
 
