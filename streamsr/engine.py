@@ -54,7 +54,7 @@ def denoise_batch(model: InfDiT, batch: Batch, plan: FrontierPlan, frontier: Fro
     LR image (sliceable; only the batch's windows are read); sigma (B,); emb (B, C).
     """
     blocks = batch.blocks()
-    reads, keep, drop = plan.reads[batch.index], plan.keep[batch.index], plan.drop[batch.index]
+    reads, keep, drop = plan.reads(batch), plan.keep(batch), plan.drop(batch)
     index = slot_indices(batch, reads).to(x.device)  # (N, 4)
     local = {blk: i for i, blk in enumerate(blocks)}
 

@@ -125,8 +125,7 @@ def now_iso() -> str:
 
 
 def total_model_blocks(manifest: dict) -> int:
-    tasks = job_tasks(Geometry(**manifest["geometry"]).grid, *_shape_args(manifest))
-    return sum(t.batch.rows * t.batch.cols for t in tasks if t.is_model)
+    return job_tasks(Geometry(**manifest["geometry"]).grid, *_shape_args(manifest)).model_blocks()
 
 
 def _shape_args(manifest: dict):
@@ -247,14 +246,14 @@ def run_job(root: Path, model_dir: Path | None = None, progress: bool = True, lo
         if cursor < len(tasks) and tasks[cursor].is_model and tasks[cursor].batch.index > 0:
             first = cursor - tasks[cursor].batch.index
             log(f"rebuilding the K/V frontier: replaying {cursor - first} batch(es) of the current sweep")
-            for t in tasks[first:cursor]:
-                runner.replay(t)
+            for index in range(first, cursor):
+                runner.replay(tasks[index])
         bar = Progress(len(tasks), total_model_blocks(m), enabled=progress)
         store.commit(status="running", updated=now_iso())
         start = time.monotonic()
         seconds0 = dict(m.get("seconds", {}))
         with StopFlag() as stop:
-            for task in tasks[cursor:]:
+            for task in (tasks[i] for i in range(cursor, len(tasks))):
                 blocks_before = runner.timers.model_blocks
                 changes = runner.run(task) or {}
                 kill_point(task.index, "before-commit")

@@ -88,14 +88,45 @@ class Batch:
         return self.row0 <= r < self.row0 + self.rows and self.col0 <= c < self.col0 + self.cols
 
 
-def raster_batches(grid: Grid, shape: BatchShape) -> list[Batch]:
+@dataclass(frozen=True)
+class BatchGrid:
+    """The batches of a grid in raster order, as a lazy sequence: O(1) memory at any grid size."""
+
+    grid: Grid
+    shape: BatchShape
+
+    @property
+    def rows(self) -> int:
+        """Batches per column (bands)."""
+        return -(-self.grid.rows // self.shape.rows)
+
+    @property
+    def cols(self) -> int:
+        """Batches per band."""
+        return -(-self.grid.cols // self.shape.cols)
+
+    def __len__(self) -> int:
+        return self.rows * self.cols
+
+    def __getitem__(self, index: int) -> Batch:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} outside 0..{len(self) - 1}")
+        row0 = (index // self.cols) * self.shape.rows
+        col0 = (index % self.cols) * self.shape.cols
+        return Batch(index, row0, col0, min(self.shape.rows, self.grid.rows - row0),
+                     min(self.shape.cols, self.grid.cols - col0))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def index_of(self, block: Block) -> int:
+        """Index of the batch that holds `block`."""
+        return (block[0] // self.shape.rows) * self.cols + block[1] // self.shape.cols
+
+
+def raster_batches(grid: Grid, shape: BatchShape) -> BatchGrid:
     """Batches of up to shape.rows x shape.cols blocks covering the grid, in raster order."""
-    batches = []
-    for row0 in range(0, grid.rows, shape.rows):
-        for col0 in range(0, grid.cols, shape.cols):
-            batches.append(Batch(len(batches), row0, col0, min(shape.rows, grid.rows - row0),
-                                 min(shape.cols, grid.cols - col0)))
-    return batches
+    return BatchGrid(grid, shape)
 
 
 def external_reads(batch: Batch) -> list[Block]:
@@ -110,32 +141,50 @@ def external_reads(batch: Batch) -> list[Block]:
 
 @dataclass(frozen=True)
 class FrontierPlan:
-    """Which blocks the frontier holds, from which batch to which batch."""
+    """Which blocks the frontier holds, from the batch that makes them to the last batch that reads them.
 
-    batches: tuple[Batch, ...]
-    reads: tuple[tuple[Block, ...], ...]  # reads[i]: blocks batch i takes from the frontier
-    keep: tuple[tuple[Block, ...], ...]  # keep[i]: blocks of batch i that later batches read
-    drop: tuple[tuple[Block, ...], ...]  # drop[i]: blocks whose last reader is batch i
+    Everything is computed per batch from the grid arithmetic, so a plan costs O(1) memory.
+    """
+
+    batches: BatchGrid
+
+    def reads(self, batch: Batch) -> tuple[Block, ...]:
+        """Blocks the batch takes from the frontier."""
+        return tuple(external_reads(batch))
+
+    def last_reader(self, block: Block) -> int:
+        """The last batch (raster order) that reads `block` from outside its own batch; -1 if none."""
+        r, c = block
+        own = self.batches.index_of(block)
+        last = -1
+        for y in (r, r + 1):
+            for x in (c, c + 1):
+                if y >= self.batches.grid.rows or x >= self.batches.grid.cols:
+                    continue
+                reader = self.batches.index_of((y, x))
+                if reader != own and block in neighbors(y, x)[1:]:
+                    last = max(last, reader)
+        return last
+
+    def keep(self, batch: Batch) -> tuple[Block, ...]:
+        """Blocks of the batch that later batches read."""
+        return tuple(blk for blk in batch.blocks() if self.last_reader(blk) > batch.index)
+
+    def drop(self, batch: Batch) -> tuple[Block, ...]:
+        """Blocks whose last reader is this batch."""
+        return tuple(blk for blk in self.reads(batch) if self.last_reader(blk) == batch.index)
 
     def live_after(self, index: int) -> set[Block]:
-        """Blocks held by the frontier once batch `index` has finished."""
+        """Blocks held by the frontier once batch `index` has finished (for tests and reports)."""
         live: set[Block] = set()
-        for i in range(index + 1):
-            live.difference_update(self.drop[i])
-            live.update(self.keep[i])
+        for batch in list(self.batches)[:index + 1]:
+            live.difference_update(self.drop(batch))
+            live.update(self.keep(batch))
         return live
 
 
 def frontier_plan(grid: Grid, shape: BatchShape) -> FrontierPlan:
-    batches = raster_batches(grid, shape)
-    reads = [external_reads(b) for b in batches]
-    last_reader: dict[Block, int] = {}
-    for i, blocks in enumerate(reads):
-        for blk in blocks:
-            last_reader[blk] = i
-    keep = [tuple(blk for blk in b.blocks() if last_reader.get(blk, -1) > b.index) for b in batches]
-    drop = [tuple(blk for blk in blocks if last_reader[blk] == i) for i, blocks in enumerate(reads)]
-    return FrontierPlan(tuple(batches), tuple(tuple(r) for r in reads), tuple(keep), tuple(drop))
+    return FrontierPlan(raster_batches(grid, shape))
 
 
 def frontier_bound(grid: Grid, shape: BatchShape) -> int:
@@ -184,12 +233,37 @@ def sampler_stages(steps: int, sampler: str) -> list[tuple[str, int]]:
     return stages
 
 
-def job_tasks(grid: Grid, shape: BatchShape, steps: int, sampler: str, anchor: str) -> list[Task]:
-    batches = raster_batches(grid, shape)
+@dataclass(frozen=True)
+class TaskList:
+    """A job's tasks as a lazy sequence: sweeps x batches, then one export task."""
+
+    batches: BatchGrid
+    sweeps: tuple[tuple[str, int], ...]  # (kind, step) of each sweep, in order
+
+    def __len__(self) -> int:
+        return len(self.sweeps) * len(self.batches) + 1
+
+    def __getitem__(self, index: int) -> Task:
+        n = len(self.batches)
+        if index == len(self) - 1:
+            return Task(index, "export", -1, None)
+        if not 0 <= index < len(self) - 1:
+            raise IndexError(f"task {index} outside 0..{len(self) - 1}")
+        kind, step = self.sweeps[index // n]
+        return Task(index, kind, step, self.batches[index % n])
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def model_blocks(self) -> int:
+        """Block evaluations of the denoiser over the whole job."""
+        sweeps = sum(1 for kind, _ in self.sweeps if kind in ("predict", "correct"))
+        return sweeps * self.batches.grid.rows * self.batches.grid.cols
+
+
+def job_tasks(grid: Grid, shape: BatchShape, steps: int, sampler: str, anchor: str) -> TaskList:
     sweeps: list[tuple[str, int]] = [("init", -1), *sampler_stages(steps, sampler)]
     if anchor == "global":
         sweeps.append(("stats", -1))
     sweeps.append(("anchor", -1))
-    tasks = [Task(0, kind, step, b) for kind, step in sweeps for b in batches]
-    tasks.append(Task(0, "export", -1, None))
-    return [Task(i, t.kind, t.step, t.batch) for i, t in enumerate(tasks)]
+    return TaskList(raster_batches(grid, shape), tuple(sweeps))

@@ -30,11 +30,11 @@ def test_frontier_plan_is_complete_and_bounded(rows, cols):
         bound = frontier_bound(grid, shape)
         for b in plan.batches:
             # every block a batch reads was computed earlier and is still held
-            assert set(plan.reads[b.index]) <= live, (b, plan.reads[b.index], live)
-            assert set(plan.reads[b.index]) <= done
+            assert set(plan.reads(b)) <= live, (b, plan.reads(b), live)
+            assert set(plan.reads(b)) <= done
             before = len(live)
-            live -= set(plan.drop[b.index])
-            live |= set(plan.keep[b.index])
+            live -= set(plan.drop(b))
+            live |= set(plan.keep(b))
             # per layer the engine drops before it puts, so the peak is the larger of before and after
             assert max(before, len(live)) <= bound
             assert len(live) <= cols + bh  # DESIGN.md section 3: about one row plus the batch height
@@ -44,7 +44,7 @@ def test_frontier_plan_is_complete_and_bounded(rows, cols):
 
 
 def test_raster_order_and_edge_batches():
-    batches = raster_batches(Grid(3, 5), BatchShape(2, 2))
+    batches = list(raster_batches(Grid(3, 5), BatchShape(2, 2)))
     assert [(b.row0, b.col0, b.rows, b.cols) for b in batches] == [
         (0, 0, 2, 2), (0, 2, 2, 2), (0, 4, 2, 1), (2, 0, 1, 2), (2, 2, 1, 2), (2, 4, 1, 1)]
     assert external_reads(batches[4]) == [(1, 1), (2, 1), (1, 2), (1, 3)]  # first-use order
@@ -58,3 +58,28 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="rows x cols"):
         BatchShape.parse("2by3")
     assert BatchShape.parse("2x3") == BatchShape(2, 3)
+
+
+def test_task_list_order_and_counts():
+    from streamsr.planner import job_tasks
+
+    tasks = job_tasks(Grid(2, 3), BatchShape(1, 2), steps=3, sampler="heun", anchor="global")
+    kinds = [(t.kind, t.step) for t in tasks]
+    per = 4  # batches per sweep: 2 bands x 2
+    assert len(tasks) == per * (1 + 5 + 2) + 1
+    assert kinds[:per] == [("init", -1)] * per
+    assert [k for k, _ in kinds[per:-1:per]] == ["predict", "correct", "predict", "correct", "predict", "stats", "anchor"]
+    assert kinds[-1] == ("export", -1) and tasks[len(tasks) - 1].batch is None
+    assert [t.index for t in tasks] == list(range(len(tasks)))
+    assert tasks.model_blocks() == 5 * 6
+    euler = job_tasks(Grid(2, 3), BatchShape(1, 2), steps=3, sampler="euler", anchor="none")
+    assert len(euler) == per * (1 + 3 + 1) + 1
+
+
+def test_lazy_plan_matches_brute_force_last_reader():
+    for grid, shape in [(Grid(4, 5), BatchShape(2, 2)), (Grid(1, 6), BatchShape(1, 4)), (Grid(5, 1), BatchShape(2, 1))]:
+        plan = frontier_plan(grid, shape)
+        batches = list(plan.batches)
+        for blk in grid.blocks():
+            readers = [b.index for b in batches if blk in plan.reads(b)]
+            assert plan.last_reader(blk) == (max(readers) if readers else -1)
