@@ -194,12 +194,14 @@ class InfDiT(ModelMixin, ConfigMixin):
     # ---- the network on a set of blocks ---------------------------------------------------------
     def forward_blocks(self, blocks: list[tuple[int, int]], x: torch.Tensor, up: torch.Tensor,
                        lr_pixels: torch.Tensor, lr_inside: torch.Tensor, sigma: torch.Tensor,
-                       emb: torch.Tensor, gather: Gather, kernel, hidden_out: list | None = None) -> torch.Tensor:
+                       emb: torch.Tensor, gather: Gather, kernel, hidden_out: list | None = None,
+                       rope_origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """Denoised D for N blocks.
 
         blocks: N (row, col) block coordinates; x, up: (B, N, 3, bs, bs) noisy HR and upsampled LR;
         lr_pixels (B, N, 3, 3L, 3L) and lr_inside (N, 3L/lp, 3L/lp): the LR windows; sigma (B,);
-        emb (B, C) from `embedding`. Returns D = c_skip x + c_out F: (B, N, 3, bs, bs) float32.
+        emb (B, C) from `embedding`; rope_origin: a (row, col) token offset added to every RoPE position
+        (training draws it at random, FACTS.md 1.2). Returns D = c_skip x + c_out F: (B, N, 3, bs, bs) float32.
         """
         cfg = self.cfg
         dtype = self.patch_embed.weight.dtype
@@ -212,7 +214,8 @@ class InfDiT(ModelMixin, ConfigMixin):
 
         rows = torch.tensor([r for r, _ in blocks], device=x.device)
         cols = torch.tensor([c for _, c in blocks], device=x.device)
-        angles = rope.block_angles(rows, cols, cfg.block_tokens_side, cfg.head_dim, cfg.rope_table)  # (N, T, D)
+        angles = rope.block_angles(rows, cols, cfg.block_tokens_side, cfg.head_dim, cfg.rope_table,
+                                   rope_origin)  # (N, T, D)
         cos = angles.cos()[None, :, :, None].to(dtype)  # (1, N, T, 1, D)
         sin = angles.sin()[None, :, :, None].to(dtype)
         lr_tokens = self.lr_cross.window_tokens(lr_pixels.to(dtype), lr_inside)  # (B, N, Tw, C)
@@ -237,7 +240,7 @@ class InfDiT(ModelMixin, ConfigMixin):
     # ---- full-image reference -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, concat_lr: torch.Tensor, lr: torch.Tensor,
                 vector: torch.Tensor | None, backend: str = "reference",
-                return_hidden: bool = False):
+                return_hidden: bool = False, rope_origin: tuple[int, int] = (0, 0)):
         """The full-image computation (official `full` mode): D (B, 3, H, W) float32.
 
         x, concat_lr (B, 3, H, W); lr (B, 3, H/4, W/4); sigma (B,) or scalar; vector (B, V) or None.
@@ -257,7 +260,7 @@ class InfDiT(ModelMixin, ConfigMixin):
         hidden: list | None = [] if return_hidden else None
         d = self.forward_blocks(blocks, image_to_blocks(x, cfg.block_size), image_to_blocks(concat_lr, cfg.block_size),
                                 pixels, inside, sigma, self.embedding(sigma, vector), gather_clamped,
-                                get_kernel(backend), hidden)
+                                get_kernel(backend), hidden, rope_origin)
         out = blocks_to_image(d, grid)
         if not return_hidden:
             return out

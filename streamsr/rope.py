@@ -29,14 +29,15 @@ def rope_angles(rows: torch.Tensor, cols: torch.Tensor, head_dim: int, table: in
 
 
 def block_angles(block_rows: torch.Tensor, block_cols: torch.Tensor, side: int, head_dim: int,
-                 table: int) -> torch.Tensor:
+                 table: int, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """Angles of every token of the given blocks, tokens row-major in a block: (N, side*side, head_dim).
 
-    block_rows, block_cols: (N,) block coordinates; side: tokens per block side.
+    block_rows, block_cols: (N,) block coordinates; side: tokens per block side; origin: a token offset
+    added to every position (0 at inference; random in training).
     """
     t = torch.arange(side, device=block_rows.device)
-    rows = block_rows[:, None, None] * side + t[None, :, None]  # (N, side, 1)
-    cols = block_cols[:, None, None] * side + t[None, None, :]  # (N, 1, side)
+    rows = origin[0] + block_rows[:, None, None] * side + t[None, :, None]  # (N, side, 1)
+    cols = origin[1] + block_cols[:, None, None] * side + t[None, None, :]  # (N, 1, side)
     rows, cols = torch.broadcast_tensors(rows, cols)  # (N, side, side)
     return rope_angles(rows.reshape(len(block_rows), -1), cols.reshape(len(block_rows), -1), head_dim, table)
 

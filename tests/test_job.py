@@ -345,3 +345,32 @@ def test_ctrl_c_stops_at_a_task_boundary_and_resume_is_bit_identical(work, tmp_p
     assert done.returncode == 0, done.stderr
     assert np.array_equal(final_state(job), final_state(tmp_path / "ref"))
     assert out.read_bytes() == (tmp_path / "ref.png").read_bytes()
+
+
+def test_semantic_vector_from_a_model_dir_encoder_with_text_direction(work, tmp_path, monkeypatch):
+    """A self-contained model dir names its open_clip encoder; the job conditions on its LR embedding."""
+    from safetensors.torch import save_file
+
+    from streamsr.semantic import SemanticSpec, semantic_vector, write_spec
+    from test_semantic import TINY_CFG, _tiny_clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_dir = tmp_path / "model"
+    model = random_model(ModelConfig.tiny(vector_dim=TINY_CFG["embed_dim"]), std=0.1)
+    model.save_pretrained(model_dir)
+    clip = _tiny_clip()
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(model_dir / "clip.safetensors"))
+    write_spec(model_dir, SemanticSpec(kind="open_clip", model=TINY_CFG, weights="clip.safetensors",
+                                       embed_dim=TINY_CFG["embed_dim"], text=True))
+    job, out = tmp_path / "job", tmp_path / "out.png"
+    assert run_cli("upscale", work / "in.png", "-o", out, "--model", model_dir, "--steps", 1, "--job", job,
+                   "--anchor", "none", "--prompt-pos", "sharp photo", "--prompt-neg", "blurry", "-q") == 0
+    stored = torch.from_numpy(zarr.open_group(job / "state.zarr", mode="r")["vector"][...])
+    lr = padded_lr(work / "in.png", model.cfg.lr_block_size)[..., :20, :27]
+    expected = semantic_vector(model_dir, TINY_CFG["embed_dim"], lr, "sharp photo", "blurry")
+    plain = semantic_vector(model_dir, TINY_CFG["embed_dim"], lr)
+    assert torch.allclose(stored, expected, atol=1e-6) and abs(stored.norm() - 1) < 1e-5
+    assert (stored - plain).abs().max() > 1e-3  # the prompts moved it
+    x0 = api.sample(api.load_model(model_dir), padded_lr(work / "in.png", 8), vector=stored, steps=1, seed=0,
+                    mode="stream", batch=(1, 1))
+    assert np.array_equal(pixels(out), quantize(x0)[:80, :108])
