@@ -30,18 +30,20 @@ def _batch_shape(batch) -> BatchShape:
 @torch.no_grad()
 def denoise(model: InfDiT, x: torch.Tensor, sigma, *, lr: torch.Tensor, vector: torch.Tensor | None,
             concat_lr: torch.Tensor | None = None, mode: str = "full", batch=(1, 1), backend: str = "sdpa",
-            stats: SweepStats | None = None) -> torch.Tensor:
+            stats: SweepStats | None = None, placement: str = "device", spill_dir=None) -> torch.Tensor:
     """One denoiser call D(x; sigma) (B, 3, H, W) float32, full-image or streamed by block batches.
 
     x: noisy HR (B, 3, H, W); lr: LR (B, 3, H/4, W/4); vector: (B, V) or None for a model without one;
     concat_lr: the upsampled LR, computed from lr (antialiased bicubic, per block in stream mode) if None.
+    placement: where a streamed sweep keeps its K/V frontier ("device", "host", or "disk" under spill_dir).
     """
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
     if mode == "full":
         up = upsample_full(lr).to(x.device) if concat_lr is None else concat_lr
         return model(x, sigma, up, lr, vector, backend=backend)
     if mode == "stream":
-        return denoise_stream(model, x, sigma, lr, vector, concat_lr, _batch_shape(batch), backend, stats)
+        return denoise_stream(model, x, sigma, lr, vector, concat_lr, _batch_shape(batch), backend, stats,
+                              placement, spill_dir)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 

@@ -35,9 +35,11 @@ def job_config(args: argparse.Namespace):
     from .config import ConfigError, JobConfig
 
     try:
-        return JobConfig(steps=args.steps, sampler=args.sampler, seed=args.seed, batch_rows=args.batch[0],
-                         batch_cols=args.batch[1], anchor=args.anchor, device=args.device, dtype=args.dtype,
-                         backend=args.backend, prompt_pos=args.prompt_pos or "", prompt_neg=args.prompt_neg or "")
+        batch = args.batch or (1, 1)
+        return JobConfig(steps=args.steps, sampler=args.sampler, seed=args.seed, batch_rows=batch[0],
+                         batch_cols=batch[1], anchor=args.anchor, device=args.device, dtype=args.dtype,
+                         backend=args.backend, prompt_pos=args.prompt_pos or "", prompt_neg=args.prompt_neg or "",
+                         placement=args.frontier or "device", vram=args.vram or 0, ram=args.ram or 0)
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
 
@@ -46,7 +48,56 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from .upscale import upscale
 
     upscale(args.input, args.output, model_dir=args.model, job_dir=args.job, cfg=job_config(args), scale=args.scale,
-            keep_job=args.keep_job, progress=not args.quiet)
+            keep_job=args.keep_job, progress=not args.quiet, auto_batch=args.batch is None,
+            auto_placement=args.frontier is None)
+    return EXIT_OK
+
+
+def parse_size_arg(text: str) -> int:
+    from .memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_wxh(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 4096x2048 (width x height), got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import torch
+
+    from .job import plan_dict, plan_memory, resolve_model_dir
+    from .store import Geometry
+    from .upscale import plan_lines
+    from .weights import read_model_config
+
+    mcfg = read_model_config(resolve_model_dir(args.model))
+    if args.input:
+        from .imageio import probe
+
+        info = probe(args.input)
+        lr_w, lr_h = info.width, info.height
+    elif args.size:
+        lr_w, lr_h = -(-args.size[0] // 4), -(-args.size[1] // 4)
+    else:
+        raise BadInput("give the output size (--size WxH) or an input file (--input FILE)")
+    cfg = job_config(args)
+    geo = Geometry(lr_h, lr_w, mcfg.block_size)
+    cfg, pred = plan_memory(mcfg, cfg, geo, args.batch is None, args.frontier is None)
+    h, w = geo.hr_size
+    print(f"output:   {w}x{h} ({geo.grid.cols}x{geo.grid.rows} blocks of {mcfg.block_size} px), "
+          f"{args.dtype} on {torch.device(args.device).type}")
+    for line in plan_lines(plan_dict(pred), cfg.to_dict()):
+        print(line)
     return EXIT_OK
 
 
@@ -63,6 +114,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in status_lines(args.job):
         print(line)
     return EXIT_OK
+
+
+def add_plan_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by upscale and plan: where and how it runs, and the memory budget."""
+    p.add_argument("--batch", type=parse_batch, default=None, metavar="RxC",
+                   help="blocks per batch, rows x cols (default: the largest that fits the budget); "
+                        "the output does not depend on it")
+    p.add_argument("--vram", type=parse_size_arg, default=None, metavar="SIZE",
+                   help="device memory budget, e.g. 8GiB (CUDA)")
+    p.add_argument("--ram", type=parse_size_arg, default=None, metavar="SIZE", help="host memory budget, e.g. 16GiB")
+    p.add_argument("--frontier", choices=("device", "host", "disk"), default=None,
+                   help="where the K/V frontier lives (default: chosen by the memory planner)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--backend", choices=("sdpa", "reference", "xformers"), default="sdpa",
+                   help="attention kernel (default sdpa)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,14 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--steps", type=int, default=20, help="EDM sampler steps (default 20)")
     up.add_argument("--sampler", choices=("heun", "euler"), default="heun")
     up.add_argument("--seed", type=int, default=0, help="noise seed; noise is drawn per block from (seed, block)")
-    up.add_argument("--batch", type=parse_batch, default=(1, 1), metavar="RxC",
-                    help="blocks per batch, rows x cols (default 1x1); the output does not depend on it")
+    add_plan_args(up)
     up.add_argument("--anchor", choices=("none", "global", "local"), default="global",
                     help="statistics anchoring of the output to the upsampled LR (default global)")
-    up.add_argument("--device", default="cpu", help="cpu or cuda")
-    up.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
-    up.add_argument("--backend", choices=("sdpa", "reference", "xformers"), default="sdpa",
-                    help="attention kernel (default sdpa)")
+
     up.add_argument("--prompt-pos", help="text direction: shift the semantic vector towards this prompt")
     up.add_argument("--prompt-neg", help="text direction: shift the semantic vector away from this prompt")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -119,7 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     res.set_defaults(func=cmd_resume)
 
-    st = sub.add_parser("status", help="progress, ETA and settings of a job")
+    pl = sub.add_parser("plan", help="the memory plan of an upscale: batch, frontier placement, predicted peaks",
+                        description="Predict the peak device, host and disk bytes of an upscale and pick the "
+                                    "fastest plan (block batch, frontier placement) within --vram/--ram.")
+    pl.add_argument("--model", help="model dir (default: the shipped model)")
+    pl.add_argument("--size", type=parse_wxh, help="output size WxH in pixels")
+    pl.add_argument("--input", help="an input image: its size is read from the header, no pixels decoded")
+    add_plan_args(pl)
+    pl.set_defaults(func=cmd_plan, steps=20, sampler="heun", seed=0, anchor="global", prompt_pos=None,
+                    prompt_neg=None)
+
+    st = sub.add_parser("status", help="progress, ETA, settings and memory plan of a job")
     st.add_argument("job", help="job dir")
     st.set_defaults(func=cmd_status)
     return parser

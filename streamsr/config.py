@@ -138,6 +138,9 @@ class JobConfig:
     backend: str = "sdpa"  # attention kernel: "sdpa", "reference" or "xformers"
     prompt_pos: str = ""  # optional text direction for encoders with a text tower
     prompt_neg: str = ""
+    placement: str = "device"  # where the K/V frontier lives: device, host (pinned) or disk
+    vram: int = 0  # device memory budget in bytes (0: none); the memory planner picks batch and placement
+    ram: int = 0  # host memory budget in bytes (0: none)
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
@@ -159,6 +162,10 @@ class JobConfig:
             raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.placement not in ("device", "host", "disk"):
+            raise ConfigError(f"placement must be device, host or disk, got {self.placement!r}")
+        if not (isinstance(self.vram, int) and isinstance(self.ram, int)) or self.vram < 0 or self.ram < 0:
+            raise ConfigError(f"memory budgets must be sizes >= 0, got vram={self.vram!r} ram={self.ram!r}")
         if self.backend not in ("sdpa", "reference", "xformers"):
             raise ConfigError(f"backend must be sdpa, reference or xformers, got {self.backend!r}")
 
@@ -176,6 +183,6 @@ class JobConfig:
     def pixel_settings(self) -> dict:
         """The settings a resumed job must share with its creator (all but where and how fast it runs)."""
         data = self.to_dict()
-        for name in ("device", "backend", "batch_rows", "batch_cols"):
+        for name in ("device", "backend", "batch_rows", "batch_cols", "placement", "vram", "ram"):
             data.pop(name)
         return data

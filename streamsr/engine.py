@@ -68,15 +68,19 @@ def denoise_batch(model: InfDiT, batch: Batch, plan: FrontierPlan, frontier: Fro
             frontier.put(blk, layer, k[:, local[blk]].clone(), v[:, local[blk]].clone())
         return k_pool[:, index], v_pool[:, index]  # (B, N, 4, T, H, D)
 
+    frontier.prefetch(reads)  # host/disk placements: every layer of the reads onto the device
     pixels, inside = lr_windows(lr, blocks, model.cfg)
-    return model.forward_blocks(blocks, x, up, pixels.to(x.device), inside.to(x.device), sigma, emb,
-                                gather_from_frontier, kernel)
+    d = model.forward_blocks(blocks, x, up, pixels.to(x.device), inside.to(x.device), sigma, emb,
+                             gather_from_frontier, kernel)
+    frontier.release_staged()
+    return d
 
 
 def denoise_stream(model: InfDiT, x: torch.Tensor, sigma: torch.Tensor, lr: torch.Tensor,
                    vector: torch.Tensor | None, concat_lr: torch.Tensor | None = None,
                    shape: BatchShape = BatchShape(1, 1), backend: str = "sdpa",
-                   stats: SweepStats | None = None) -> torch.Tensor:
+                   stats: SweepStats | None = None, placement: str = "device",
+                   spill_dir=None) -> torch.Tensor:
     """One streamed sweep over an in-memory image: D (B, 3, H, W) float32.
 
     concat_lr: the upsampled LR (B, 3, H, W); None computes it per batch from `lr` with a halo.
@@ -85,7 +89,7 @@ def denoise_stream(model: InfDiT, x: torch.Tensor, sigma: torch.Tensor, lr: torc
     bs = cfg.block_size
     grid = Grid.for_image(x.shape[-2], x.shape[-1], bs)
     plan = frontier_plan(grid, shape)
-    frontier = Frontier(frontier_bound(grid, shape), cfg.layers)
+    frontier = Frontier(frontier_bound(grid, shape), cfg.layers, placement, x.device, spill_dir)
     kernel = get_kernel(backend)
     emb = model.embedding(sigma, vector)
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)

@@ -1,17 +1,33 @@
-"""Image input and output for streamsr: probe, read and stream-write PNG, JPEG and TIFF.
+"""Image input and output for streamsr: probe, read and stream-write PNG, JPEG and TIFF; read zarr.
 
-Inputs (the low-resolution image) are PNG, JPEG or TIFF, recognised by their first bytes, not
-their suffix. PNG and JPEG are decoded with Pillow (16-bit colour PNG with pypng, because Pillow
-truncates it to 8 bits) and must stay within Pillow's decompression-bomb limit
-(`PIL.Image.MAX_IMAGE_PIXELS`, which this module honours but never changes). TIFFs are read with
-tifffile (8/16-bit unsigned, gray/gray+alpha/RGB/RGBA, tiled or stripped, BigTIFF) and have no
-pixel limit; `iter_row_bands` reads them band by band without loading the whole file.
+Inputs (the low-resolution image) are PNG, JPEG or TIFF files, recognised by their first bytes, not
+their suffix, or zarr arrays (a directory). PNG and JPEG are decoded with Pillow (16-bit colour PNG
+with pypng, because Pillow truncates it to 8 bits). `read_image` decodes whole and keeps PNG and
+JPEG within Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, which this module
+honours but never changes). TIFFs are read with tifffile (8/16-bit unsigned, gray/gray+alpha/RGB/
+RGBA, tiled or stripped, BigTIFF) and have no pixel limit.
+
+Huge inputs are read by `iter_row_bands` band by band, never whole: TIFFs strip/tile row by strip/
+tile row, zarr arrays chunk row by chunk row, PNGs beyond Pillow's limit row by row (non-interlaced
+only: the zlib stream is inflated incrementally and each band is un-filtered by Pillow's C decoder,
+or by pypng for 16-bit colour and sub-byte depths), and JPEGs beyond Pillow's limit with libvips
+(`pyvips`) when it is importable (else BadInput suggesting a tiled TIFF). `probe(path)` reads only
+headers and accepts what `read_image` can decode; `probe(path, stream=True)` accepts what
+`iter_row_bands` can stream (the size of any supported file, however large).
+
+Zarr input (format "ZARR"): the path of a zarr v3 or v2 array, or of a group that holds either an
+OME-Zarr multiscale image (its first, full-resolution dataset is read) or exactly one array. The
+array is uint8 or uint16 and 2-D (H, W) or 3-D with 1-4 channels. Its channel axis is found from
+the array's dimension names (v3) or the OME axes ("c" or "channel" first or last); without names a
+3-D array is (H, W, C) when its last axis has 1-4 entries, else (C, H, W) when its first has. Leading
+axes of length 1 (OME "t"/"z") are dropped.
 
 Outputs (the upsampled image, possibly gigapixel) are never held whole in memory: a `RowWriter`
 takes rows top to bottom and streams them into `<stem>.partial<suffix>` beside the target, which
 is renamed over the target only once every row has arrived. PNG is written with pypng's chunk
 helpers (Paeth-filtered, zlib); TIFF is a tiled (256 x 256) zlib BigTIFF written by tifffile from
-a tile generator that holds one row of tiles.
+a tile generator that holds one row of tiles. (Pyramidal TIFF, OME-Zarr and DeepZoom outputs are
+in `streamsr.export`.)
 
 Every problem with a user's file raises `BadInput` (exit 2), a failure while writing the output
 raises `OutputError` (exit 1); both carry one line that names the file.
@@ -20,6 +36,8 @@ raises `OutputError` (exit 1); both carry one line that names the file.
 from __future__ import annotations
 
 import contextlib
+import io
+import itertools
 import logging
 import os
 import queue
@@ -44,7 +62,7 @@ MAX_PIXELS = 2**40  # pixels in all; more is refused as absurd
 TILE = 256  # TIFF output tile size
 ZLIB_LEVEL = 6  # PNG and TIFF output compression level
 OUTPUT_SUFFIXES = (".png", ".tif", ".tiff")
-INPUT_FORMATS = ("PNG", "JPEG", "TIFF")
+INPUT_FORMATS = ("PNG", "JPEG", "TIFF", "ZARR")
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,7 +94,7 @@ class ImageInfo:
     channels: int  # 1-4
     mode: str  # "L", "LA", "RGB", "RGBA"
     bit_depth: int  # 8 or 16
-    format: str  # "PNG", "JPEG", "TIFF"
+    format: str  # "PNG", "JPEG", "TIFF", "ZARR"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -144,6 +162,8 @@ def _check_readable(path: Path) -> bytes:
     if not path.exists():
         raise _bad(path, "no such file")
     if path.is_dir():
+        if _is_zarr_dir(path):
+            return b""
         raise _bad(path, "is a directory, not an image")
     try:
         if path.stat().st_size == 0:
@@ -230,19 +250,39 @@ def _jpeg_orientation(im: Image.Image) -> int:
         return 1
 
 
-def _probe_png(path: Path, head: bytes) -> ImageInfo:
+def _over_pillow_limit(width: int, height: int) -> bool:
+    limit = Image.MAX_IMAGE_PIXELS
+    return bool(limit) and width * height > limit
+
+
+def _probe_png(path: Path, head: bytes, stream: bool = False) -> ImageInfo:
     width, height, depth, ctype = _png_ihdr(path, head)
     _check_dims(path, width, height)
-    _check_pillow_limit(path, "PNG", width, height)
-    with _open_pillow(path, "PNG") as im:
+    if not stream:
+        _check_pillow_limit(path, "PNG", width, height)
+    elif _over_pillow_limit(width, height) and head[28] != 0:
+        raise _bad(path, f"is an interlaced PNG of {width}x{height} ({width * height / 1e6:.1f} MP), above "
+                         f"Pillow's limit of {Image.MAX_IMAGE_PIXELS / 1e6:.1f} MP, which cannot be read by "
+                         "rows; convert it to a tiled TIFF (e.g. vips tiffsave in.png in.tif --tile --bigtiff)")
+    with _open_pillow(path, "PNG") as im:  # reads the chunks before IDAT only, whatever the size
         mode, bits = _png_mode(path, depth, ctype, "transparency" in im.info)
     return ImageInfo(path, width, height, len(mode), mode, bits, "PNG")
 
 
-def _probe_jpeg(path: Path) -> ImageInfo:
+def _pyvips():
+    """The pyvips module, or None where it (or libvips) cannot be loaded."""
+    try:
+        import pyvips  # noqa: PLC0415 - optional
+    except Exception:  # noqa: BLE001 - ImportError, or OSError/ffi errors when libvips is missing
+        return None
+    return pyvips
+
+
+def _probe_jpeg(path: Path, stream: bool = False) -> ImageInfo:
     with _open_pillow(path, "JPEG") as im:
         width, height = im.size
-        if _jpeg_orientation(im) in (5, 6, 7, 8):
+        orientation = _jpeg_orientation(im)
+        if orientation in (5, 6, 7, 8):
             width, height = height, width
         mode = im.mode
     if mode == "CMYK":
@@ -250,7 +290,17 @@ def _probe_jpeg(path: Path) -> ImageInfo:
     if mode not in ("L", "RGB"):
         raise _bad(path, f"is a JPEG in mode {mode}, which is not supported (only grey and RGB)")
     _check_dims(path, width, height)
-    _check_pillow_limit(path, "JPEG", width, height)
+    if not stream or not _over_pillow_limit(width, height):
+        _check_pillow_limit(path, "JPEG", width, height)
+    elif _pyvips() is None:
+        raise _bad(path, f"JPEG image is {width}x{height} ({width * height / 1e6:.1f} MP), above Pillow's "
+                         f"limit of {Image.MAX_IMAGE_PIXELS / 1e6:.1f} MP; reading it by rows needs pyvips "
+                         '(pip install "pyvips[binary]"), or convert it to a tiled TIFF (e.g. vips tiffsave '
+                         "in.jpg in.tif --tile --bigtiff) and pass that instead")
+    elif orientation != 1:
+        raise _bad(path, f"JPEG image is {width}x{height}, above Pillow's limit, with EXIF orientation "
+                         f"{orientation}, which cannot be applied by rows; convert it to a tiled TIFF "
+                         "(e.g. vips tiffsave in.jpg in.tif --tile --bigtiff) and pass that instead")
     return ImageInfo(path, width, height, len(mode), mode, 8, "JPEG")
 
 
@@ -338,18 +388,170 @@ def _probe_tiff(path: Path) -> ImageInfo:
         return _tiff_page_info(path, tf.pages.first)
 
 
-def probe(path: os.PathLike | str) -> ImageInfo:
-    """Read only the header of a PNG, JPEG or TIFF; BadInput for anything streamsr cannot read."""
+def probe(path: os.PathLike | str, *, stream: bool = False) -> ImageInfo:
+    """Read only the header of a PNG, JPEG, TIFF or zarr array; BadInput for what cannot be read.
+
+    No pixels are decoded: PNG size from IHDR, JPEG from its SOF marker, TIFF from the first IFD's
+    tags, zarr from the array metadata. By default a PNG or JPEG above Pillow's pixel limit is refused
+    (what `read_image` cannot decode); with stream=True it is accepted whenever `iter_row_bands` can
+    read it by rows (non-interlaced PNG of any size; JPEG when pyvips is importable).
+    """
     path = Path(path)
     head = _check_readable(path)
+    if path.is_dir():
+        return _probe_zarr(path)
     fmt = _sniff(head)
     if fmt == "PNG":
-        return _probe_png(path, head)
+        return _probe_png(path, head, stream)
     if fmt == "JPEG":
-        return _probe_jpeg(path)
+        return _probe_jpeg(path, stream)
     if fmt == "TIFF":
         return _probe_tiff(path)
     raise _unsupported_format(path)
+
+
+# ----------------------------------------------------------------------------- zarr input
+
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+_CHANNEL_NAMES = ("c", "channel", "channels", "band", "bands", "s", "sample", "samples")
+
+
+def _is_zarr_dir(path: Path) -> bool:
+    return any((path / name).is_file() for name in _ZARR_MARKERS)
+
+
+def _ome_multiscales(attrs: dict) -> list | None:
+    ome = attrs.get("ome")
+    ms = ome.get("multiscales") if isinstance(ome, dict) else attrs.get("multiscales")  # NGFF 0.5 / 0.4
+    return ms if isinstance(ms, list) and ms and isinstance(ms[0], dict) else None
+
+
+def _zarr_member(path: Path, node):
+    """(array, axis names or None) of a zarr node given as input, by the rule in the module doc."""
+    import zarr  # noqa: PLC0415 - only zarr inputs need it here
+
+    if isinstance(node, zarr.Array):
+        return node, None
+    multiscales = _ome_multiscales(dict(node.attrs))
+    if multiscales:
+        ms = multiscales[0]
+        try:
+            sub = ms["datasets"][0]["path"]
+            array = node[sub]
+        except Exception as e:  # noqa: BLE001 - broken OME metadata
+            raise _bad(path, f"has OME-Zarr metadata whose first dataset cannot be opened: {_reason(e)}") from e
+        axes = ms.get("axes")
+        names = None
+        if isinstance(axes, list):
+            names = [a.get("name") if isinstance(a, dict) else a for a in axes]
+        return array, names
+    arrays = sorted(node.arrays(), key=lambda item: item[0])
+    if len(arrays) != 1:
+        listed = ", ".join(name for name, _ in arrays[:5]) or "none"
+        raise _bad(path, f"is a zarr group holding {len(arrays)} arrays ({listed}) and no OME-Zarr "
+                         "multiscale metadata; pass the path of one image array (e.g. "
+                         f"{path / (arrays[0][0] if arrays else 'image')})")
+    return arrays[0][1], None
+
+
+def _zarr_layout(path: Path, shape: tuple[int, ...], names) -> tuple[tuple[int, ...], str]:
+    """(axes of length 1 to drop, "hw" | "hwc" | "chw") for a zarr image array."""
+    names = [str(n).lower() if n is not None else "" for n in names] if names else None
+    if names is not None and len(names) != len(shape):
+        names = None
+    if names:  # OME "t" and "z" of length 1, wherever they are
+        drop = [i for i, n in enumerate(names) if n in ("t", "z", "time") and shape[i] == 1]
+    else:  # leading axes of length 1 beyond three
+        drop = []
+        while len(shape) - len(drop) > 3 and shape[len(drop)] == 1:
+            drop.append(len(drop))
+    kept = [n for i, n in enumerate(shape) if i not in drop]
+    kept_names = [n for i, n in enumerate(names) if i not in drop] if names else None
+    dims = "x".join(str(n) for n in shape)
+    if len(kept) == 2:
+        return tuple(drop), "hw"
+    if len(kept) != 3:
+        raise _bad(path, f"is a zarr array of shape ({dims}); expected (H, W), (H, W, C) or (C, H, W)")
+    if kept_names and kept_names[-1] in _CHANNEL_NAMES:
+        layout = "hwc"
+    elif kept_names and kept_names[0] in _CHANNEL_NAMES:
+        layout = "chw"
+    elif 1 <= kept[-1] <= 4:
+        layout = "hwc"
+    elif 1 <= kept[0] <= 4:
+        layout = "chw"
+    else:
+        raise _bad(path, f"is a zarr array of shape ({dims}) with no channel axis of 1-4 entries "
+                         "first or last; expected (H, W), (H, W, C) or (C, H, W)")
+    channels = kept[-1] if layout == "hwc" else kept[0]
+    if not 1 <= channels <= 4:
+        raise _bad(path, f"is a zarr array of shape ({dims}) with {channels} channels; "
+                         "supported: 1-4 (grey, grey+alpha, RGB, RGBA)")
+    return tuple(drop), layout
+
+
+@dataclass(frozen=True)
+class _ZarrImage:
+    array: object  # zarr.Array
+    drop: tuple[int, ...]  # axes of length 1 that are indexed away
+    layout: str  # of the other axes: "hw", "hwc", "chw"
+
+    def _key(self, rows: slice) -> tuple:
+        kept = iter([slice(None), rows] if self.layout == "chw" else [rows])
+        return tuple(0 if i in self.drop else next(kept, slice(None)) for i in range(len(self.array.shape)))
+
+    def read(self, y0: int, y1: int) -> np.ndarray:
+        """Integer (rows, W, C) of rows y0:y1."""
+        data = np.asarray(self.array[self._key(slice(y0, y1))])
+        if self.layout == "chw":
+            return np.moveaxis(data, 0, -1)
+        return data[:, :, None] if self.layout == "hw" else data
+
+    @property
+    def chunk_rows(self) -> int:
+        chunks = getattr(self.array, "chunks", None)
+        if not chunks:
+            return 256
+        kept = [c for i, c in enumerate(chunks) if i not in self.drop]
+        return int(kept[1] if self.layout == "chw" else kept[0])
+
+
+def _open_zarr_image(path: Path) -> tuple[_ZarrImage, ImageInfo]:
+    import zarr  # noqa: PLC0415
+
+    try:
+        node = zarr.open(store=os.fspath(path), mode="r")
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for a damaged store
+        raise _bad(path, f"is not a readable zarr array or group: {type(e).__name__}: {_reason(e)}") from e
+    array, names = _zarr_member(path, node)
+    if names is None:
+        dim_names = getattr(getattr(array, "metadata", None), "dimension_names", None)
+        names = list(dim_names) if dim_names else None
+    shape = tuple(int(n) for n in array.shape)
+    drop, layout = _zarr_layout(path, shape, names)
+    kept = [n for i, n in enumerate(shape) if i not in drop]
+    height, width = (kept[1], kept[2]) if layout == "chw" else (kept[0], kept[1])
+    channels = 1 if layout == "hw" else (kept[0] if layout == "chw" else kept[2])
+    dtype = np.dtype(array.dtype)
+    if dtype not in (np.uint8, np.uint16):
+        raise _bad(path, f"is a zarr array of dtype {dtype}; only uint8 and uint16 are supported")
+    _check_dims(path, width, height)
+    mode = MODES[channels]
+    info = ImageInfo(path, width, height, channels, mode, 8 if dtype == np.uint8 else 16, "ZARR")
+    return _ZarrImage(array, drop, layout), info
+
+
+def _probe_zarr(path: Path) -> ImageInfo:
+    return _open_zarr_image(path)[1]
+
+
+def _zarr_decode(path: Path, read) -> np.ndarray:
+    try:
+        return read()
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a missing or corrupt chunk
+        raise _bad(path, f"is a corrupt zarr array: {type(e).__name__}: {_reason(e)}") from e
 
 
 # ----------------------------------------------------------------------------- reading
@@ -413,9 +615,16 @@ def _read_tiff(info: ImageInfo) -> np.ndarray:
         return _tiff_hwc(_tiff_decode(info.path, page.asarray), page, info.channels)
 
 
+def _read_zarr(info: ImageInfo) -> np.ndarray:
+    image, _ = _open_zarr_image(info.path)
+    return _zarr_decode(info.path, lambda: image.read(0, info.height))
+
+
 def _decode(info: ImageInfo) -> np.ndarray:
     if info.format == "TIFF":
         return _read_tiff(info)
+    if info.format == "ZARR":
+        return _read_zarr(info)
     if info.format == "PNG" and info.bit_depth == 16 and info.mode != "L":
         return _read_png16(info)
     return _read_pillow(info)
@@ -441,39 +650,282 @@ def _tiff_row_reader(path: Path, page: tifffile.TiffPage, channels: int):
     return read
 
 
+def _cached_bands(read, step: int, info: ImageInfo, dtype, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Bands from `read(y0, y1)` (integer rows) called on whole runs of `step` rows (strips, tiles
+    or chunks), so that each is decoded once; at most one run plus one band is kept."""
+    step = max(1, min(step, info.height))
+    cache, cache_y0 = np.empty((0, info.width, info.channels), dtype), 0
+    for y0 in range(0, info.height, band_rows):
+        y1 = min(info.height, y0 + band_rows)
+        cache_end = cache_y0 + len(cache)
+        if y1 > cache_end:
+            new = read(cache_end, min(info.height, -(-y1 // step) * step))
+            cache, cache_y0 = np.concatenate([cache[y0 - cache_y0:], new]), y0
+        yield y0, _to_float(cache[y0 - cache_y0: y1 - cache_y0], info.bit_depth)
+
+
 def _tiff_bands(info: ImageInfo, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """Bands of a TIFF; each strip/tile row is decoded once and at most one is kept."""
     with _open_tiff(info.path) as tf:
         page = tf.pages.first
-        step = max(1, min(int(page.chunks[0]), info.height))  # rows per strip or tile
         read = _tiff_row_reader(info.path, page, info.channels)
-        cache, cache_y0 = np.empty((0, info.width, info.channels), page.dtype), 0
-        for y0 in range(0, info.height, band_rows):
-            y1 = min(info.height, y0 + band_rows)
-            cache_end = cache_y0 + len(cache)
-            if y1 > cache_end:
-                new = read(cache_end, min(info.height, -(-y1 // step) * step))
-                cache, cache_y0 = np.concatenate([cache[y0 - cache_y0:], new]), y0
-            yield y0, _to_float(cache[y0 - cache_y0: y1 - cache_y0], info.bit_depth)
+        yield from _cached_bands(read, int(page.chunks[0]), info, page.dtype, band_rows)
+
+
+def _zarr_bands(info: ImageInfo, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Bands of a zarr array; each chunk row is decoded once and at most one is kept."""
+    image, _ = _open_zarr_image(info.path)
+
+    def read(y0: int, y1: int) -> np.ndarray:
+        return _zarr_decode(info.path, lambda: image.read(y0, y1))
+
+    dtype = np.uint8 if info.bit_depth == 8 else np.uint16
+    yield from _cached_bands(read, image.chunk_rows, info, dtype, band_rows)
 
 
 def _sliced_bands(info: ImageInfo, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
-    image = _to_float(_decode(info), info.bit_depth)
+    image = _decode(info)  # integers; each band is converted to float32 on its own
     for y0 in range(0, info.height, band_rows):
-        yield y0, image[y0: y0 + band_rows]
+        yield y0, _to_float(image[y0: y0 + band_rows], info.bit_depth)
+
+
+# ----------------------------------------------------------------------------- PNG by rows
+
+_PNG_PLANES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_PIECE = 1 << 20  # compressed bytes read at a time
+_PNG_DECODE_PIXELS = 1 << 22  # pixels un-filtered per Pillow call
+# 16-bit types whose scanlines are byte-for-byte an 8-bit type with the same bytes per pixel, which
+# Pillow un-filters in C: grey (2 bytes/pixel) as 8-bit grey+alpha, grey+alpha (4) as 8-bit RGBA.
+_PNG_AS_8BIT = {(8, 0): 0, (8, 2): 2, (8, 3): 3, (8, 4): 4, (8, 6): 6, (16, 0): 4, (16, 4): 6}
+
+
+def _png_corrupt(path: Path, problem: str) -> BadInput:
+    return _bad(path, f"is a corrupt or truncated PNG: {problem}")
+
+
+def _png_chunks(path: Path, f) -> Iterator[tuple[bytes, bytes]]:
+    """(type, data) of the chunks after the signature, up to IEND, CRCs checked; IDAT data comes
+    in pieces of at most _PNG_PIECE bytes (its CRC is checked after the last piece)."""
+    f.seek(len(_PNG_MAGIC))
+    while True:
+        header = f.read(8)
+        if len(header) < 8:
+            raise _png_corrupt(path, "the file ends before the IEND chunk")
+        length, kind = struct.unpack(">I4s", header)
+        crc, left, data = zlib.crc32(kind), length, bytearray()
+        while left:
+            piece = f.read(min(left, _PNG_PIECE))
+            if not piece:
+                raise _png_corrupt(path, f"the file ends inside a {kind.decode('latin-1')} chunk")
+            crc, left = zlib.crc32(piece, crc), left - len(piece)
+            if kind == b"IDAT":
+                yield kind, piece
+            elif kind in (b"PLTE", b"tRNS", b"IEND"):
+                data += piece
+        stored = f.read(4)
+        if len(stored) < 4 or struct.unpack(">I", stored)[0] != crc:
+            raise _png_corrupt(path, f"bad CRC in its {kind.decode('latin-1')} chunk")
+        if kind != b"IDAT":
+            yield kind, bytes(data)
+        if kind == b"IEND":
+            return
+
+
+class _PngScanlines:
+    """The filtered scanlines of a non-interlaced PNG, inflated incrementally, in blocks of rows."""
+
+    def __init__(self, path: Path, f, height: int, stride: int):
+        self.path, self.height, self.stride = path, height, stride
+        self._chunks = _png_chunks(path, f)
+        self.pre: list[tuple[bytes, bytes]] = []  # PLTE and tRNS
+        self._first: bytes | None = None
+        for kind, data in self._chunks:
+            if kind == b"IDAT":
+                self._first = data
+                break
+            if kind in (b"PLTE", b"tRNS"):
+                self.pre.append((kind, data))
+            if kind == b"IEND":
+                raise _png_corrupt(path, "it has no image data (IDAT)")
+
+    def _idat(self) -> Iterator[bytes]:
+        if self._first is not None:
+            yield self._first
+        seen_other = False
+        for kind, data in self._chunks:
+            if kind == b"IDAT":
+                if seen_other:
+                    raise _png_corrupt(self.path, "its IDAT chunks are not consecutive")
+                yield data
+            else:
+                seen_other = True
+
+    def blocks(self, rows: int) -> Iterator[bytes]:
+        """Filtered scanlines (1 filter byte + row bytes each), `rows` rows at a time."""
+        inflate, pending, done = zlib.decompressobj(), bytearray(), 0
+        try:
+            for data in itertools.chain(self._idat(), [b""]):
+                while True:
+                    want = min(rows, self.height - done) * self.stride
+                    limit = max(want - len(pending), 1 << 16)
+                    out = inflate.decompress(data, limit)
+                    pending += out
+                    data = inflate.unconsumed_tail
+                    while done < self.height and len(pending) >= min(rows, self.height - done) * self.stride:
+                        n = min(rows, self.height - done) * self.stride
+                        yield bytes(pending[:n])
+                        del pending[:n]
+                        done += n // self.stride
+                    if done == self.height:
+                        return
+                    if not data and len(out) < limit:
+                        break
+                if inflate.eof:
+                    break
+        except zlib.error as e:
+            raise _png_corrupt(self.path, f"zlib: {_reason(e)}") from e
+        raise _png_corrupt(self.path, f"the image data ends after {done} of {self.height} rows")
+
+
+def _png_mini(width: int, rows: int, ctype: int, pre: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """A small 8-bit PNG holding already filtered scanlines (stored, not compressed)."""
+    out = io.BytesIO()
+    out.write(_PNG_MAGIC)
+    png.write_chunk(out, b"IHDR", struct.pack(">IIBBBBB", width, rows, 8, ctype, 0, 0, 0))
+    for kind, data in pre:
+        png.write_chunk(out, kind, data)
+    png.write_chunk(out, b"IDAT", zlib.compress(body, 0))
+    png.write_chunk(out, b"IEND", b"")
+    return out.getvalue()
+
+
+def _png_stream_pillow(info: ImageInfo, depth: int, ctype: int, band_rows: int):
+    """Bands of a big PNG: the scanlines of each step, behind the last raw row of the step above
+    (filter type 0), are un-filtered by Pillow's decoder as a small stored PNG."""
+    as_ctype = _PNG_AS_8BIT[(depth, ctype)]
+    planes = _PNG_PLANES[ctype]
+    row_bytes = info.width * planes * depth // 8
+    step = max(1, min(band_rows, _PNG_DECODE_PIXELS // info.width))
+    with open(info.path, "rb") as f:
+        lines = _PngScanlines(info.path, f, info.height, 1 + row_bytes)
+        pre = lines.pre if ctype == 3 else []
+        previous: bytes | None = None
+        band, fill, y0 = None, 0, 0
+        for block in lines.blocks(step):
+            n = len(block) // (1 + row_bytes)
+            body = block if previous is None else b"\x00" + previous + block
+            try:
+                mini = _png_mini(info.width, n + (previous is not None), as_ctype, pre, body)
+                with PngImagePlugin.PngImageFile(io.BytesIO(mini)) as im:
+                    im.load()
+                    raw = np.asarray(im)
+                    if depth == 16:
+                        pixels = raw.reshape(len(raw), -1).view(">u2").reshape(len(raw), info.width, planes)
+                    else:
+                        pixels = _pillow_pixels(im, info)
+            except _DECODE_ERRORS as e:
+                raise _png_corrupt(info.path, _reason(e)) from e
+            previous = raw[-1].tobytes()
+            if len(pixels) > n:
+                pixels = pixels[1:]
+            pixels = pixels[:, :, : info.channels]
+            if band is None:
+                band = np.empty((min(band_rows, info.height - y0), info.width, info.channels), pixels.dtype)
+            i = 0
+            while i < n:
+                k = min(n - i, len(band) - fill)
+                band[fill: fill + k] = pixels[i: i + k]
+                fill, i = fill + k, i + k
+                if fill == len(band):
+                    yield y0, _to_float(band, info.bit_depth)
+                    y0 += len(band)
+                    fill = 0
+                    band = np.empty((min(band_rows, info.height - y0), info.width, info.channels),
+                                    pixels.dtype) if y0 < info.height else None
+
+
+def _png_stream_pypng(info: ImageInfo, depth: int, ctype: int, band_rows: int):
+    """Bands of a big PNG through pypng (pure Python, slower): 16-bit colour and sub-byte depths."""
+    try:
+        reader = png.Reader(filename=os.fspath(info.path))
+        if depth < 8:  # raw values, scaled or looked up as Pillow does
+            _, _, rows, meta = reader.read()
+            if ctype == 3:
+                palette = np.zeros((256, 4), np.uint8)
+                palette[:, 3] = 255
+                entries = np.array(reader.palette(alpha="force"), np.uint8).reshape(-1, 4)
+                palette[: len(entries)] = entries
+                lut = palette[:, : info.channels]
+            else:
+                lut = (np.arange(256) * 255 // ((1 << depth) - 1)).clip(0, 255).astype(np.uint8)[:, None]
+        else:  # 16-bit colour: as `read_image` does (_read_png16)
+            _, _, rows, meta = reader.asDirect()
+            lut = None
+        planes = 1 if lut is not None else meta["planes"]
+        dtype = np.uint8 if lut is not None else np.uint16
+        for y0 in range(0, info.height, band_rows):
+            n = min(band_rows, info.height - y0)
+            raw = np.empty((n, info.width * planes), dtype)
+            for i in range(n):
+                raw[i] = next(rows)
+            raw = raw.reshape(n, info.width, planes)
+            pixels = lut[raw[:, :, 0]] if lut is not None else raw[:, :, : info.channels]
+            yield y0, _to_float(pixels, info.bit_depth)
+    except StopIteration:
+        raise _png_corrupt(info.path, "the image data ends early") from None
+    except _DECODE_ERRORS as e:
+        raise _png_corrupt(info.path, _reason(e)) from e
+
+
+def _png_stream_bands(info: ImageInfo, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Bands of a non-interlaced PNG of any size; no more than a band is decoded at a time."""
+    with open(info.path, "rb") as f:
+        head = f.read(64)
+    _, _, depth, ctype = _png_ihdr(info.path, head)
+    if (depth, ctype) in _PNG_AS_8BIT:
+        return _png_stream_pillow(info, depth, ctype, band_rows)
+    return _png_stream_pypng(info, depth, ctype, band_rows)
+
+
+# ----------------------------------------------------------------------------- JPEG by rows
+
+
+def _vips_bands(info: ImageInfo, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Bands of a JPEG beyond Pillow's limit, decoded top to bottom by libvips (sequential)."""
+    pyvips = _pyvips()
+    try:
+        image = pyvips.Image.new_from_file(os.fspath(info.path), access="sequential")
+        if (image.width, image.height) != (info.width, info.height):
+            raise _bad(info.path, f"libvips reads it as {image.width}x{image.height}, not "
+                                  f"{info.width}x{info.height}")
+        if image.format != "uchar":
+            image = image.cast("uchar")
+        region = pyvips.Region.new(image)
+        for y0 in range(0, info.height, band_rows):
+            n = min(band_rows, info.height - y0)
+            data = np.frombuffer(region.fetch(0, y0, info.width, n), np.uint8)
+            pixels = data.reshape(n, info.width, image.bands)[:, :, : info.channels]
+            yield y0, _to_float(pixels, 8)
+    except pyvips.Error as e:
+        raise _bad(info.path, f"is a corrupt or truncated JPEG: {_one_line(e)}") from e
 
 
 def iter_row_bands(path: os.PathLike | str, band_rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """(y0, float32 (rows, W, C) in [0, 1]) bands top to bottom; the last may be shorter.
 
-    The header is probed now (so a bad file fails here, not at the first band). TIFFs are
-    decoded band by band; PNG/JPEG (within Pillow's limit) are decoded whole and sliced.
+    The header is probed now (so a bad file fails here, not at the first band). TIFFs and zarr
+    arrays are decoded band by band, and so are PNGs (non-interlaced) and JPEGs (with pyvips) beyond
+    Pillow's limit; smaller PNG/JPEG are decoded whole and sliced.
     """
     if band_rows < 1:
         raise ValueError(f"band_rows must be >= 1, not {band_rows}")
-    info = probe(path)
+    info = probe(path, stream=True)
     if info.format == "TIFF":
         return _tiff_bands(info, band_rows)
+    if info.format == "ZARR":
+        return _zarr_bands(info, band_rows)
+    if _over_pillow_limit(info.width, info.height):
+        return _png_stream_bands(info, band_rows) if info.format == "PNG" else _vips_bands(info, band_rows)
     return _sliced_bands(info, band_rows)
 
 

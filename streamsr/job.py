@@ -13,7 +13,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
@@ -135,8 +135,28 @@ def _shape_args(manifest: dict):
     return BatchShape(job["batch_rows"], job["batch_cols"]), job["steps"], job["sampler"], job["anchor"]
 
 
+def plan_memory(mcfg: ModelConfig, cfg: JobConfig, geo: Geometry, auto_batch: bool, auto_placement: bool):
+    """Resolve batch and frontier placement with the memory planner; returns (JobConfig, Prediction)."""
+    from . import memory
+
+    try:
+        pred = memory.plan(mcfg, 2 if cfg.dtype == "bf16" else 4, geo.hr_padded, cfg.vram or None, cfg.ram or None,
+                           torch.device(cfg.device).type,
+                           batch=None if auto_batch else (cfg.batch_rows, cfg.batch_cols),
+                           placement=None if auto_placement else cfg.placement,
+                           reference_attention=cfg.backend == "reference")
+    except memory.BudgetError as exc:
+        raise BadInput(str(exc)) from None
+    return replace(cfg, batch_rows=pred.batch[0], batch_cols=pred.batch[1], placement=pred.placement), pred
+
+
+def plan_dict(pred) -> dict:
+    return {"batch": list(pred.batch), "placement": pred.placement, "device_bytes": pred.device_bytes,
+            "host_bytes": pred.host_bytes, "disk_bytes": pred.disk_bytes, "parts": dict(pred.parts)}
+
+
 def create_job(root: Path, source: Source, output: Path | None, model_dir: Path, cfg: JobConfig,
-               stage: str = "x4") -> JobStore:
+               stage: str = "x4", auto_batch: bool = False, auto_placement: bool = False) -> JobStore:
     """Make a new job dir: store, LR, semantic vector, then the manifest (written last)."""
     from . import anchoring
     from .semantic import semantic_vector
@@ -145,6 +165,7 @@ def create_job(root: Path, source: Source, output: Path | None, model_dir: Path,
     if source.width < 1 or source.height < 1:
         raise BadInput(f"{source.name}: empty image")
     geo = Geometry(source.height, source.width, mcfg.block_size)
+    cfg, pred = plan_memory(mcfg, cfg, geo, auto_batch, auto_placement)
     channels_out = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[source.mode]
     manifest = {
         "format": FORMAT,
@@ -156,6 +177,7 @@ def create_job(root: Path, source: Source, output: Path | None, model_dir: Path,
                   "mode": source.mode, "bit_depth": source.bit_depth},
         "output": {"path": str(output) if output else None},
         "job": cfg.to_dict(),
+        "plan": plan_dict(pred),
         "geometry": geo.to_dict(),
         "sigmas": [float(s) for s in karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)],
         "cursor": 0,
@@ -291,5 +313,5 @@ def job_status(root: Path) -> dict:
     eta = eta_seconds(total_blocks - done_blocks, done_blocks, seconds.get("total", 0.0))
     return {"status": m["status"], "stage": m.get("stage"), "cursor": m["cursor"], "total_tasks": m["total_tasks"],
             "model_blocks_done": done_blocks, "model_blocks_total": total_blocks, "eta_seconds": eta,
-            "seconds": seconds, "job": m["job"], "model": m["model"]["dir"], "input": m["input"],
+            "seconds": seconds, "job": m["job"], "plan": m.get("plan"), "model": m["model"]["dir"], "input": m["input"],
             "output": m["output"]["path"], "geometry": m["geometry"], "scale": SR_SCALE}

@@ -128,6 +128,8 @@ def _parse_open_clip(data: dict, model_dir: Path, vector_dim: int, where: str) -
 _PARSERS: dict[str, Callable[[dict, Path, int, str], SemanticSpec]] = {
     "none": _parse_none,
     "open_clip": _parse_open_clip,
+    # learned_encoder.py imports this module, so it is reached lazily
+    "learned": lambda *args: __import__(f"{__package__}.learned_encoder", fromlist=["_"]).parse_spec(*args),
 }
 
 
@@ -420,6 +422,7 @@ def _load_open_clip(model_dir: Path, spec: SemanticSpec, device: str | torch.dev
 # kind -> loader(model dir, spec, device) -> SemanticEncoder ("none" has no encoder)
 _LOADERS: dict[str, Callable[[Path, SemanticSpec, Any], SemanticEncoder]] = {
     "open_clip": _load_open_clip,
+    "learned": lambda *args: __import__(f"{__package__}.learned_encoder", fromlist=["_"]).load_encoder(*args),
 }
 
 

@@ -97,7 +97,12 @@ class TaskRunner:
         if self._frontier is not None and len(self._frontier):
             raise RuntimeError(f"sweep {self._sweep} ended with K/V left in the frontier")
         self._sweep = task.sweep
-        self._frontier = Frontier(frontier_bound(self.grid, self.shape), self.model.cfg.layers)
+        spill = self.store.root / "frontier"
+        if self.job.get("placement", "device") == "disk" and spill.is_dir():
+            for stale in spill.glob("kv_*.bin"):  # K/V are never persisted across sweeps or runs
+                stale.unlink()
+        self._frontier = Frontier(frontier_bound(self.grid, self.shape), self.model.cfg.layers,
+                                  self.job.get("placement", "device"), self.device, spill)
         sig = torch.tensor([sigma], device=self.device)
         with torch.no_grad():
             self._emb = self.model.embedding(sig, self.vector)
@@ -111,8 +116,10 @@ class TaskRunner:
             d = denoise_batch(self.model, task.batch, self.plan, self._frontier, image_to_blocks(x, self.bs),
                               image_to_blocks(up, self.bs), self.lr, torch.tensor([sigma], device=self.device),
                               self._emb, self.kernel)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            if task.batch.index + 1 < len(self.plan.batches):  # stage the next batch's K/V during this one
+                self._frontier.prefetch(self.plan.reads(self.plan.batches[task.batch.index + 1]))
+            if self.device.type == "cuda":  # the compute stream only: prefetch copies keep running
+                torch.cuda.current_stream(self.device).synchronize()
         self.timers.model_blocks += task.batch.rows * task.batch.cols
         return blocks_to_image(d, grid)
 

@@ -19,6 +19,7 @@ from .config import JobConfig
 from .errors import BadInput
 from .job import (Interrupted, Source, create_job, check_same_job, file_source, job_status, remove_job_dir,
                   resolve_model_dir, run_job)
+from .memory import format_bytes
 from .progress import format_seconds
 from .store import MANIFEST, STORE, JobError, JobStore, job_lock, read_manifest, write_json_atomic
 
@@ -45,7 +46,7 @@ def prepare_job_dir(root: Path) -> None:
 
 
 def run_stage(root: Path, source: Source, output: Path | None, model_dir: Path, cfg: JobConfig,
-              progress: bool, stage: str = "x4") -> None:
+              progress: bool, stage: str = "x4", auto: tuple[bool, bool] = (False, False)) -> None:
     """Create the stage's job if needed (or check that the existing one matches), then run it."""
     prepare_job_dir(root)
     with job_lock(root):
@@ -57,7 +58,7 @@ def run_stage(root: Path, source: Source, output: Path | None, model_dir: Path, 
             log(f"resuming job {root} at task {manifest['cursor']}/{manifest['total_tasks']}")
         else:
             log(f"creating job {root}")
-            create_job(root, source, output, model_dir, cfg, stage)
+            create_job(root, source, output, model_dir, cfg, stage, *auto)
     run_job(root, model_dir, progress=progress, log=log)
 
 
@@ -82,17 +83,23 @@ def run_chain(root: Path, progress: bool) -> None:
     """Run (or resume) a x16 job: two x4 stages, the second fed by the first one's output array."""
     chain = json.loads((root / CHAIN).read_text())
     cfg = JobConfig.from_dict(chain["job"])
+    auto = tuple(chain.get("auto", (False, False)))
     model_dir = Path(chain["model"])
     first, second = root / "stage1", root / "stage2"
     if not (first / MANIFEST).is_file() or read_manifest(first)["status"] != "done":
-        run_stage(first, file_source(Path(chain["input"])), None, model_dir, cfg, progress, "x16 stage 1/2")
+        run_stage(first, file_source(Path(chain["input"])), None, model_dir, cfg, progress, "x16 stage 1/2", auto)
     cfg2 = JobConfig.from_dict({**chain["job"], "seed": cfg.seed + 1})  # fresh noise for the second stage
-    run_stage(second, store_source(first), Path(chain["output"]), model_dir, cfg2, progress, "x16 stage 2/2")
+    run_stage(second, store_source(first), Path(chain["output"]), model_dir, cfg2, progress, "x16 stage 2/2", auto)
 
 
 def upscale(input_path, output, model_dir=None, job_dir=None, cfg: JobConfig | None = None, scale: int = 4,
-            keep_job: bool = False, progress: bool = True) -> Path:
-    """Upscale an image file into `output`; returns the output path."""
+            keep_job: bool = False, progress: bool = True, auto_batch: bool = False,
+            auto_placement: bool = False) -> Path:
+    """Upscale an image file into `output`; returns the output path.
+
+    auto_batch / auto_placement: let the memory planner choose the block batch / the frontier placement
+    (the fastest plan within cfg.vram and cfg.ram), instead of cfg's values.
+    """
     from .imageio import check_output_path
 
     cfg = cfg or JobConfig()
@@ -107,9 +114,9 @@ def upscale(input_path, output, model_dir=None, job_dir=None, cfg: JobConfig | N
     root = Path(tempfile.mkdtemp(prefix=".streamsr-job-", dir=output.parent)) if temporary else Path(job_dir).resolve()
     try:
         if scale == 4:
-            run_stage(root, file_source(input_path), output, model_dir, cfg, progress)
+            run_stage(root, file_source(input_path), output, model_dir, cfg, progress, "x4", (auto_batch, auto_placement))
         else:
-            prepare_chain(root, input_path, output, model_dir, cfg)
+            prepare_chain(root, input_path, output, model_dir, cfg, (auto_batch, auto_placement))
             run_chain(root, progress)
     except (Interrupted, JobError, OSError, MemoryError, KeyboardInterrupt) as exc:
         kept = (root / MANIFEST).is_file() or (root / CHAIN).is_file()
@@ -130,8 +137,10 @@ def upscale(input_path, output, model_dir=None, job_dir=None, cfg: JobConfig | N
     return output
 
 
-def prepare_chain(root: Path, input_path: Path, output: Path, model_dir: Path, cfg: JobConfig) -> None:
-    chain = {"input": str(input_path.resolve()), "output": str(output), "model": str(model_dir), "job": cfg.to_dict()}
+def prepare_chain(root: Path, input_path: Path, output: Path, model_dir: Path, cfg: JobConfig,
+                  auto: tuple[bool, bool]) -> None:
+    chain = {"input": str(input_path.resolve()), "output": str(output), "model": str(model_dir), "job": cfg.to_dict(),
+             "auto": list(auto)}
     root.mkdir(parents=True, exist_ok=True)
     if (root / CHAIN).is_file():
         old = json.loads((root / CHAIN).read_text())
@@ -180,4 +189,17 @@ def status_lines(job_dir) -> list[str]:
         f"settings: steps {job['steps']} {job['sampler']}, seed {job['seed']}, batch "
         f"{job['batch_rows']}x{job['batch_cols']}, anchor {job['anchor']}, {job['device']} {job['dtype']} "
         f"{job['backend']}",
+        *plan_lines(s.get("plan"), job),
     ]
+
+
+def plan_lines(plan: dict | None, job: dict) -> list[str]:
+    """The memory plan as printed by `plan` and `status`."""
+    if not plan:
+        return []
+    budget = ", ".join(f"--{k} {format_bytes(job[k])}" for k in ("vram", "ram") if job.get(k)) or "no budget"
+    parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in plan["parts"].items() if v)
+    return [f"plan:     batch {plan['batch'][0]}x{plan['batch'][1]}, frontier on {plan['placement']} ({budget})",
+            f"memory:   predicted peak device {format_bytes(plan['device_bytes'])}, host "
+            f"{format_bytes(plan['host_bytes'])}, disk {format_bytes(plan['disk_bytes'])}",
+            f"parts:    {parts}"]

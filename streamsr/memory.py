@@ -1,0 +1,202 @@
+"""The memory plan: pure arithmetic that predicts peak bytes before anything is allocated, and picks
+the fastest plan that fits a budget (DESIGN.md section 3). No torch.
+
+Device bytes: weights + one batch's activations + the frontier (when it lives on the device) + staging
+buffers for the K/V a batch reads (current and prefetched next, when it lives elsewhere) + the batch's
+state I/O tensors. Host bytes: the runtime itself + the frontier (pinned host placement) + the store
+I/O buffers of one batch (+ the device terms when the device is the CPU). Disk: the spilled frontier.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .config import SR_SCALE, ModelConfig
+
+PLACEMENTS = ("device", "host", "disk")
+F32 = 4
+RUNTIME_HOST_BYTES = 700 << 20  # python + torch + diffusers + zarr once imported (measured RSS ~0.6 GiB)
+PCIE_BYTES_PER_S = 20e9  # host <-> device; overlapped with compute on CUDA
+DISK_BYTES_PER_S = 1e9  # spilled frontier read/write, not overlapped
+BATCH_OVERHEAD_BLOCKS = 0.5  # per-batch fixed cost (launches, Python, store I/O) in units of one block's compute
+
+
+class BudgetError(ValueError):
+    """No plan fits the budget; the message names the smallest budget that would."""
+
+
+def parse_size(text: str) -> int:
+    """'8GiB', '512MiB', '1.5G', '2e9' -> bytes (binary units for K/M/G/T with or without 'iB')."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(i?b?)\s*", text.lower())
+    if not m:
+        raise ValueError(f"size must look like 8GiB, 512MiB or 2e9, got {text!r}")
+    power = " kmgt".index(m.group(2) or " ")
+    return int(float(m.group(1)) * 1024 ** power)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def weight_bytes(cfg: ModelConfig, itemsize: int) -> int:
+    """Parameters of the transformer (counted from the config, as InfDiT builds them) times itemsize."""
+    c, hd, t = cfg.hidden, cfg.head_dim, cfg.block_tokens
+    layer = (c * 4 * c + 4 * c) + (c * 3 * c + 3 * c) + 2 * hd + 4 * cfg.heads * hd + (c * c + c) \
+        + (c * cfg.mlp_hidden + cfg.mlp_hidden) + (cfg.mlp_hidden * c + c) + (0 if cfg.k_uses_q_norm else 2 * hd)
+    cross = (3 * c * cfg.lr_patch ** 2 + c) + (c * c + c) + (c * 2 * c + 2 * c) + (c * c + c) + 4 * hd \
+        + (t + cfg.lr_window_tokens) * c + 2 * c
+    embed = (6 * c * cfg.patch_size ** 2 + c) + (2 * cfg.time_freqs * c + c) + (c * c + c)
+    vector = (cfg.vector_dim * c + c + c * c + c) if cfg.vector_dim else 0
+    final = (c * 2 * c + 2 * c) + (c * cfg.out_per_token + cfg.out_per_token)
+    return (cfg.layers * layer + cross + embed + vector + final) * itemsize
+
+
+def slot_bytes(cfg: ModelConfig, itemsize: int) -> int:
+    """K and V of one block at every layer (DESIGN.md section 3)."""
+    return 2 * cfg.layers * cfg.block_tokens * cfg.hidden * itemsize
+
+
+def activation_bytes(cfg: ModelConfig, blocks: int, reads: int, itemsize: int, reference_attention: bool = False) -> int:
+    """Peak bytes of the tensors alive while one batch of `blocks` blocks goes through the network.
+
+    Walks forward_blocks: the residual h and the LR tokens live throughout; the peak is in the
+    attention phase (qkv, q/k after norm and RoPE, the K/V pool with the frontier reads, the gathered
+    4-slot K/V, K plus the slot embedding, the output), or in the layer-0 cross-attention, or the MLP.
+    """
+    n, t, c, tw = blocks, cfg.block_tokens, cfg.hidden, cfg.lr_window_tokens
+    ntc = n * t * c * itemsize
+    px = n * 3 * cfg.block_size ** 2
+    inputs = px * F32 * 3 + px * 2 * itemsize  # x, up, D (f32); cat(x, up) cast to the model dtype
+    window = n * 3 * (3 * cfg.lr_block_size) ** 2 * (F32 + itemsize)
+    lr_tokens = n * tw * c * itemsize
+    rope = 4 * n * t * cfg.head_dim * F32
+    resident = ntc + lr_tokens + rope + inputs + window
+    pool = 2 * (n + reads) * t * c * itemsize
+    attention = ntc * (3 + 2 + 2 + 8 + 4 + 2) + pool  # qkv, q/k, rope temporaries, slots, k+pos, out/proj
+    if reference_attention:
+        attention += 2 * n * cfg.heads * t * 4 * t * F32  # explicit scores and softmax
+    cross = ntc * 5 + n * tw * c * itemsize * 5  # query path; key_value (2), k_norm, k+pos, tokens copy
+    mlp = ntc * 4 + 2 * n * t * cfg.mlp_hidden * itemsize
+    conv = 2 * lr_tokens  # window conv output and its masked copy, before the rearrange
+    return resident + max(attention, cross, mlp, conv)
+
+
+def io_bytes(cfg: ModelConfig, blocks: int) -> int:
+    """Host buffers of one batch's store I/O: state regions read and written, the LR halo, f32."""
+    px = blocks * 3 * cfg.block_size ** 2 * F32
+    halo = 3 * (cfg.lr_block_size * int(math.sqrt(blocks)) + 8) ** 2 * F32 * 4
+    return 5 * px + halo
+
+
+def batch_reads(shape: tuple[int, int]) -> int:
+    """Blocks a full batch reads from the frontier: a row above (bw + 1) and a column to the left (bh)."""
+    bh, bw = shape
+    return bw + bh + 1
+
+
+def frontier_blocks(grid_cols: int, shape: tuple[int, int]) -> int:
+    """Blocks of K/V held at most: blocks per row + batch height + 1 (planner.frontier_bound)."""
+    return grid_cols + shape[0] + 1
+
+
+@dataclass(frozen=True)
+class Prediction:
+    batch: tuple[int, int]  # (bh, bw)
+    placement: str  # where the frontier lives: device, host or disk
+    device_bytes: int  # peak on the compute device (the CPU's RAM when device is cpu)
+    host_bytes: int  # peak host RAM (includes device_bytes when the device is the CPU)
+    disk_bytes: int  # spilled frontier on disk
+    seconds_per_sweep: float  # the model's relative time (block-compute units), to rank plans
+    parts: dict = field(default_factory=dict)  # named terms, bytes
+
+    def fits(self, vram: int | None, ram: int | None, device_type: str) -> bool:
+        ok_ram = ram is None or self.host_bytes <= ram
+        ok_vram = device_type == "cpu" or vram is None or self.device_bytes <= vram
+        return ok_ram and ok_vram
+
+
+def predict(cfg: ModelConfig, itemsize: int, out_hw: tuple[int, int], batch: tuple[int, int], placement: str,
+            device_type: str = "cpu", reference_attention: bool = False) -> Prediction:
+    """Peak device/host/disk bytes of a job at output size out_hw (padded to whole blocks)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    rows = -(-out_hw[0] // cfg.block_size)
+    cols = -(-out_hw[1] // cfg.block_size)
+    bh, bw = min(batch[0], rows), min(batch[1], cols)
+    n = bh * bw
+    reads = batch_reads((bh, bw))
+    slot = slot_bytes(cfg, itemsize)
+    front = frontier_blocks(cols, (bh, bw)) * slot
+    parts = {
+        "weights": weight_bytes(cfg, itemsize),
+        "activations": activation_bytes(cfg, n, reads, itemsize, reference_attention),
+        "frontier": front if placement == "device" else 0,
+        "staging": 0 if placement == "device" else 2 * reads * slot,  # this batch's reads + the prefetched next
+    }
+    device = sum(parts.values())
+    host_parts = {"runtime": RUNTIME_HOST_BYTES, "store_io": io_bytes(cfg, n),
+                  "frontier_host": front if placement == "host" else 0,
+                  "spill_io": reads * slot if placement == "disk" else 0}
+    host = sum(host_parts.values()) + (device if device_type == "cpu" else parts["weights"])
+    disk = front if placement == "disk" else 0
+    blocks_total = rows * cols
+    batches = -(-rows // bh) * -(-cols // bw)
+    compute = blocks_total + batches * BATCH_OVERHEAD_BLOCKS  # unit: one block's compute
+    moved = 2 * batches * reads * slot  # K/V brought in for every batch, and as much written out
+    if placement == "host" and device_type != "cpu":  # overlapped with compute on a side stream
+        seconds = max(compute, moved / PCIE_BYTES_PER_S * blocks_per_second(cfg, device_type))
+    elif placement == "disk":
+        seconds = compute + moved / DISK_BYTES_PER_S * blocks_per_second(cfg, device_type)
+    else:
+        seconds = compute
+    return Prediction((bh, bw), placement, device, host, disk, seconds, {**parts, **host_parts})
+
+
+def blocks_per_second(cfg: ModelConfig, device_type: str) -> float:
+    """Rough block throughput, to express transfer time in block-compute units (ranking only)."""
+    flops = 2 * cfg.layers * cfg.block_tokens * (12 * cfg.hidden ** 2 + 8 * cfg.block_tokens * cfg.hidden)
+    return (2.5e13 if device_type == "cuda" else 5e10) / flops
+
+
+def candidate_batches(rows: int, cols: int, limit: int = 64) -> list[tuple[int, int]]:
+    """Batch shapes to consider: powers of two and full rows, no larger than the grid."""
+    sizes_r = sorted({min(rows, 2 ** k) for k in range(8)})
+    sizes_c = sorted({min(cols, 2 ** k) for k in range(8)} | {cols})
+    return [(r, c) for r in sizes_r for c in sizes_c if r * c <= limit]
+
+
+def plan(cfg: ModelConfig, itemsize: int, out_hw: tuple[int, int], vram: int | None, ram: int | None,
+         device_type: str = "cpu", batch: tuple[int, int] | None = None, placement: str | None = None,
+         reference_attention: bool = False) -> Prediction:
+    """The fastest plan (by the model) whose prediction fits; BudgetError with the smallest fitting budget.
+
+    batch / placement: fixed by the user, or None to let the planner choose.
+    """
+    rows = -(-out_hw[0] // cfg.block_size)
+    cols = -(-out_hw[1] // cfg.block_size)
+    shapes = [batch] if batch else candidate_batches(rows, cols)
+    placements = ("device", "disk") if device_type == "cpu" else PLACEMENTS  # on a CPU, host is the device
+    if placement:
+        placements = (placement,)
+    options = [predict(cfg, itemsize, out_hw, s, p, device_type, reference_attention)
+               for s in shapes for p in placements]
+    fitting = [o for o in options if o.fits(vram, ram, device_type)]
+    if fitting:
+        return min(fitting, key=lambda o: (o.seconds_per_sweep, o.device_bytes, o.host_bytes))
+    smallest = min(options, key=lambda o: (o.host_bytes if device_type == "cpu" else o.device_bytes, o.host_bytes))
+    need = (f"--ram {format_bytes(smallest.host_bytes)}" if device_type == "cpu"
+            else f"--vram {format_bytes(smallest.device_bytes)} --ram {format_bytes(smallest.host_bytes)}")
+    raise BudgetError(f"no plan fits the budget for a {out_hw[1]}x{out_hw[0]} output; the smallest that would: "
+                      f"{need} (batch {smallest.batch[0]}x{smallest.batch[1]}, frontier on {smallest.placement})")
+
+
+def output_size(lr_hw: tuple[int, int], cfg: ModelConfig) -> tuple[int, int]:
+    """Padded output size of an LR image."""
+    lb = cfg.lr_block_size
+    return (-(-lr_hw[0] // lb) * lb * SR_SCALE, -(-lr_hw[1] // lb) * lb * SR_SCALE)

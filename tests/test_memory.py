@@ -1,0 +1,141 @@
+"""The memory plan: predictions bound the measured bytes, budgets are respected, placements agree."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from streamsr import api, memory
+from streamsr.attention import get_kernel
+from streamsr.cli import main
+from streamsr.config import ModelConfig
+from streamsr.engine import batch_box, denoise_batch
+from streamsr.frontier import Frontier
+from streamsr.memtrace import TensorBytes
+from streamsr.model import InfDiT, image_to_blocks
+from streamsr.planner import BatchShape, Grid, frontier_bound, frontier_plan
+
+from conftest import random_inputs, random_model
+
+CONFIGS = [ModelConfig.tiny(),
+           ModelConfig(block_size=64, patch_size=4, hidden=64, heads=4, layers=2, mlp_hidden=256, lr_patch=2,
+                       vector_dim=8, rope_table=256)]
+
+
+def measured_sweep_bytes(model, x, lr, vector, batch, placement, spill=None) -> tuple[int, Frontier]:
+    """Peak bytes held in tensors during a streamed sweep, above what existed before it."""
+    cfg = model.cfg
+    up = api.upsample_full(lr)
+    grid, shape = Grid(x.shape[-2] // cfg.block_size, x.shape[-1] // cfg.block_size), BatchShape(*batch)
+    plan = frontier_plan(grid, shape)
+    sigma = torch.tensor([1.0])
+    emb = model.embedding(sigma, vector)
+    with TensorBytes() as tb, torch.no_grad():
+        base = tb.held
+        frontier = Frontier(frontier_bound(grid, shape), cfg.layers, placement, x.device, spill)
+        for b in plan.batches:
+            y0, y1, x0, x1 = batch_box(b, cfg.block_size)
+            denoise_batch(model, b, plan, frontier, image_to_blocks(x[..., y0:y1, x0:x1], cfg.block_size),
+                          image_to_blocks(up[..., y0:y1, x0:x1], cfg.block_size), lr, sigma, emb, get_kernel("sdpa"))
+    return tb.peak - base, frontier
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["tiny", "h64"])
+@pytest.mark.parametrize("batch,placement", [((1, 1), "device"), ((2, 2), "device"), ((2, 4), "disk"),
+                                             ((4, 8), "device"), ((1, 8), "host")])
+def test_measured_bytes_never_exceed_the_prediction(cfg, batch, placement, tmp_path):
+    model = random_model(cfg)
+    x, lr, vector = random_inputs(cfg, 4, 8)
+    measured, frontier = measured_sweep_bytes(model, x, lr, vector, batch, placement, tmp_path / "spill")
+    pred = memory.predict(cfg, 4, tuple(x.shape[-2:]), batch, placement)
+    device_terms = pred.parts["activations"] + pred.parts["frontier"] + pred.parts["staging"]
+    host_frontier = pred.parts["frontier_host"]  # on a CPU the "host" copy is more CPU memory
+    assert measured <= device_terms + host_frontier, (measured, pred.parts)
+    assert measured >= 0.6 * (device_terms + host_frontier)  # and the prediction is not a wild overestimate
+    assert frontier.peak_bytes <= memory.frontier_blocks(8, batch) * memory.slot_bytes(cfg, 4)
+    assert memory.weight_bytes(cfg, 4) == sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_placements_and_batches_give_identical_output(tmp_path):
+    model = random_model(ModelConfig.tiny())
+    x, lr, vector = random_inputs(model.cfg, 3, 5)
+    full = api.denoise(model, x, 0.8, lr=lr, vector=vector, mode="full")
+    for batch in [(1, 1), (2, 3)]:
+        ref = api.denoise(model, x, 0.8, lr=lr, vector=vector, mode="stream", batch=batch)
+        assert (ref - full).abs().max() <= 1e-5
+        for placement in ("host", "disk"):
+            out = api.denoise(model, x, 0.8, lr=lr, vector=vector, mode="stream", batch=batch, placement=placement,
+                              spill_dir=tmp_path / f"{placement}{batch}")
+            assert torch.equal(out, ref), (batch, placement)
+    assert not list((tmp_path / "disk(2, 3)").glob("*.bin"))  # the spill files are gone after the sweep
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_planner_respects_budgets_and_more_budget_is_never_slower(device_type):
+    rng = random.Random(0)
+    cfgs = [ModelConfig.official(), ModelConfig.tiny(), CONFIGS[1]]
+    for _ in range(60):
+        cfg = rng.choice(cfgs)
+        size = (rng.choice([1, 3, 8, 40]) * cfg.block_size, rng.choice([1, 5, 16, 200]) * cfg.block_size)
+        itemsize = rng.choice([2, 4])
+        budgets = sorted(rng.choice([1 << 28, 1 << 30, 4 << 30, 8 << 30, 64 << 30, 1 << 40]) for _ in range(2))
+        last = None
+        for vram, ram in itertools.product(budgets, budgets):
+            try:
+                plan = memory.plan(cfg, itemsize, size, vram, ram, device_type)
+            except memory.BudgetError as exc:
+                assert "smallest that would" in str(exc)
+                continue
+            assert plan.host_bytes <= ram and (device_type == "cpu" or plan.device_bytes <= vram)
+            if vram == ram == budgets[-1]:
+                last = plan
+        bigger = None
+        for budget in budgets:  # growing both budgets never gives a slower plan
+            try:
+                plan = memory.plan(cfg, itemsize, size, budget, budget, device_type)
+            except memory.BudgetError:
+                continue
+            if bigger is not None:
+                assert plan.seconds_per_sweep <= bigger.seconds_per_sweep
+            bigger = plan
+        del last
+
+
+def test_budget_error_names_a_budget_that_fits():
+    cfg = ModelConfig.official()
+    with pytest.raises(memory.BudgetError) as exc:
+        memory.plan(cfg, 2, (8192, 8192), vram=1 << 30, ram=1 << 30, device_type="cuda")
+    text = str(exc.value)
+    vram = memory.parse_size(text.split("--vram ")[1].split(" --ram")[0].replace(" ", ""))
+    ram = memory.parse_size(text.split("--ram ")[1].split(" (")[0].replace(" ", ""))
+    plan = memory.plan(cfg, 2, (8192, 8192), vram=int(vram * 1.01), ram=int(ram * 1.01), device_type="cuda")
+    assert plan.device_bytes <= vram * 1.01
+
+
+def test_official_plan_moves_the_frontier_off_the_gpu_as_width_grows():
+    cfg = ModelConfig.official()
+    places = [memory.plan(cfg, 2, (2048, w), vram=8 << 30, ram=64 << 30, device_type="cuda").placement
+              for w in (2048, 8192, 32768, 131072)]
+    assert places[0] == "device" and places[-1] in ("host", "disk") and "device" not in places[2:]
+    assert memory.slot_bytes(cfg, 2) == 2 * 28 * 1024 * 1280 * 2  # ~147 MB, DESIGN.md section 3
+
+
+def test_parse_size():
+    assert memory.parse_size("8GiB") == 8 << 30
+    assert memory.parse_size("512MiB") == 512 << 20
+    assert memory.parse_size("1.5G") == int(1.5 * (1 << 30))
+    assert memory.parse_size("2e9") == 2_000_000_000
+    with pytest.raises(ValueError):
+        memory.parse_size("lots")
+
+
+def test_plan_command(tmp_path, capsys):
+    InfDiT.from_model_config(ModelConfig.tiny(vector_dim=0)).save_pretrained(tmp_path / "m")
+    assert main(["plan", "--model", str(tmp_path / "m"), "--size", "4096x1024", "--ram", "4GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "batch" in out and "frontier on" in out and "predicted peak" in out
+    assert main(["plan", "--model", str(tmp_path / "m"), "--size", "4096x1024", "--ram", "10MiB"]) == 2
+    assert "smallest that would" in capsys.readouterr().err

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Test dependencies outside Python: a real headless Chromium (and a font) for tests/test_viewer.py.
+# Idempotent: does nothing when `chromium` is already on PATH. Runs as root (CI), Debian/Ubuntu.
+set -eu
+if command -v chromium >/dev/null 2>&1; then
+    echo "install_test_deps: chromium already installed: $(command -v chromium)"
+    exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends chromium fonts-dejavu-core
+command -v chromium >/dev/null 2>&1 || { echo "install_test_deps: chromium is still missing" >&2; exit 1; }
+echo "install_test_deps: installed $(chromium --version 2>/dev/null || echo chromium)"
