@@ -374,3 +374,22 @@ def test_semantic_vector_from_a_model_dir_encoder_with_text_direction(work, tmp_
     x0 = api.sample(api.load_model(model_dir), padded_lr(work / "in.png", 8), vector=stored, steps=1, seed=0,
                     mode="stream", batch=(1, 1))
     assert np.array_equal(pixels(out), quantize(x0)[:80, :108])
+
+
+def test_frontier_placement_and_budget_do_not_change_the_output(work, tmp_path, capsys):
+    """--frontier disk (spilled K/V, rebuilt after a kill) gives the same bytes as the device frontier."""
+    args = ("--model", work / "model", "--steps", 2, "--batch", "1x2", "-q")
+    assert run_cli("upscale", work / "in.png", "-o", tmp_path / "ref.png", "--frontier", "device", *args) == 0
+    job = tmp_path / "job"
+    killed = run_sub("upscale", work / "in.png", "-o", tmp_path / "disk.png", "--frontier", "disk", "--job", job,
+                     *args, STREAMSR_TEST_KILL="9:mid-write")
+    assert killed.returncode == -signal.SIGKILL
+    assert read_manifest(job)["job"]["placement"] == "disk"
+    assert run_cli("resume", job, "-q") == 0
+    assert (tmp_path / "disk.png").read_bytes() == (tmp_path / "ref.png").read_bytes()
+    assert run_cli("status", job) == 0
+    assert "frontier on disk" in capsys.readouterr().out
+    # a RAM budget: the planner picks the batch; the output does not depend on it (up to round-off)
+    assert run_cli("upscale", work / "in.png", "-o", tmp_path / "budget.png", "--model", work / "model",
+                   "--steps", 2, "--ram", "2GiB", "-q") == 0
+    assert np.abs(pixels(tmp_path / "budget.png").astype(int) - pixels(tmp_path / "ref.png").astype(int)).max() <= 1
