@@ -32,15 +32,22 @@ def parse_batch(text: str) -> tuple[int, int]:
 
 
 def job_config(args: argparse.Namespace):
+    """JobConfig from: the flags given, else the model dir's recommended settings, else the defaults."""
     from .config import ConfigError, JobConfig
+    from .job import resolve_model_dir
+    from .weights import model_defaults
 
+    settings = model_defaults(resolve_model_dir(args.model))
+    for name in ("steps", "sampler", "anchor", "sigma_min", "sigma_max"):
+        if getattr(args, name, None) is not None:
+            settings[name] = getattr(args, name)
+    batch = args.batch or (1, 1)
     try:
-        batch = args.batch or (1, 1)
-        return JobConfig(steps=args.steps, sampler=args.sampler, seed=args.seed, batch_rows=batch[0],
-                         batch_cols=batch[1], anchor=args.anchor, device=args.device, dtype=args.dtype,
-                         backend=args.backend, prompt_pos=args.prompt_pos or "", prompt_neg=args.prompt_neg or "",
-                         placement=args.frontier or "device", vram=args.vram or 0, ram=args.ram or 0)
-    except ConfigError as exc:
+        return JobConfig(**settings, seed=args.seed, batch_rows=batch[0], batch_cols=batch[1], device=args.device,
+                         dtype=args.dtype, backend=args.backend, prompt_pos=args.prompt_pos or "",
+                         prompt_neg=args.prompt_neg or "", placement=args.frontier or "device",
+                         vram=args.vram or 0, ram=args.ram or 0)
+    except (ConfigError, TypeError) as exc:
         raise BadInput(str(exc)) from None
 
 
@@ -162,12 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--job", help="job dir (default: a temporary one beside the output, removed on success)")
     up.add_argument("--keep-job", action="store_true", help="keep the temporary job dir after success")
     up.add_argument("--scale", type=int, default=4, help="4 (native) or 16 (two chained x4 jobs)")
-    up.add_argument("--steps", type=int, default=20, help="EDM sampler steps (default 20)")
-    up.add_argument("--sampler", choices=("heun", "euler"), default="heun")
+    up.add_argument("--steps", type=int, default=None,
+                    help="EDM sampler steps (default: the model's recommended value, else 20)")
+    up.add_argument("--sampler", choices=("heun", "euler"), default=None, help="default: the model's, else heun")
+    up.add_argument("--sigma-max", type=float, default=None,
+                    help="start of the Karras schedule: x_T = up(LR) + sigma_max * eps (default: the model's, else 40)")
+    up.add_argument("--sigma-min", type=float, default=None, help="end of the schedule (default: the model's, else 0.002)")
     up.add_argument("--seed", type=int, default=0, help="noise seed; noise is drawn per block from (seed, block)")
     add_plan_args(up)
-    up.add_argument("--anchor", choices=("none", "global", "local"), default="global",
-                    help="statistics anchoring of the output to the upsampled LR (default global)")
+    up.add_argument("--anchor", choices=("none", "global", "local"), default=None,
+                    help="statistics anchoring of the output to the upsampled LR (default: the model's, else global)")
 
     up.add_argument("--prompt-pos", help="text direction: shift the semantic vector towards this prompt")
     up.add_argument("--prompt-neg", help="text direction: shift the semantic vector away from this prompt")
@@ -189,8 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--size", type=parse_wxh, help="output size WxH in pixels")
     pl.add_argument("--input", help="an input image: its size is read from the header, no pixels decoded")
     add_plan_args(pl)
-    pl.set_defaults(func=cmd_plan, steps=20, sampler="heun", seed=0, anchor="global", prompt_pos=None,
-                    prompt_neg=None)
+    pl.set_defaults(func=cmd_plan, seed=0, prompt_pos=None, prompt_neg=None)
 
     st = sub.add_parser("status", help="progress, ETA, settings and memory plan of a job")
     st.add_argument("job", help="job dir")

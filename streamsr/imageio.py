@@ -894,7 +894,10 @@ def _vips_bands(info: ImageInfo, band_rows: int) -> Iterator[tuple[int, np.ndarr
     """Bands of a JPEG beyond Pillow's limit, decoded top to bottom by libvips (sequential)."""
     pyvips = _pyvips()
     try:
-        image = pyvips.Image.new_from_file(os.fspath(info.path), access="sequential")
+        try:  # a truncated or corrupt JPEG must fail, not decode as grey (libvips >= 8.12)
+            image = pyvips.Image.new_from_file(os.fspath(info.path), access="sequential", fail_on="error")
+        except pyvips.Error:
+            image = pyvips.Image.new_from_file(os.fspath(info.path), access="sequential", fail=True)
         if (image.width, image.height) != (info.width, info.height):
             raise _bad(info.path, f"libvips reads it as {image.width}x{image.height}, not "
                                   f"{info.width}x{info.height}")

@@ -9,6 +9,8 @@ into the `vector_dim`-sized unit vector the transformer takes (ModelConfig.vecto
      "weights": "<file in the model dir, or an absolute path>.safetensors",
      "embed_dim": 768,                                 # must equal the model's vector_dim
      "text": false}                                    # true: the weights hold a usable text tower
+    {"kind": "learned", "weights": "semantic_encoder.safetensors", "embed_dim": 32, "thumb_size": 64,
+     "channels": [...]}                                # the default model's small CNN (learned_encoder.py)
 
 A missing file means kind "none", valid only when vector_dim == 0. Weights are safetensors only (no
 pickle) and nothing is ever downloaded: the open_clip architecture is built with `pretrained=None`.

@@ -664,7 +664,8 @@ def serve(path, port: int = 0, open_browser: bool = False, *, cache_mb: int = 25
     view = open_view(path, cache_mb=cache_mb)
     server = ViewerServer(("127.0.0.1", port), view, verbose)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
-    threading.Thread(target=server.serve_forever, name="streamsr-view", daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="streamsr-view",
+                     daemon=True).start()
     if open_browser:
         webbrowser.open(url)
     return server, url

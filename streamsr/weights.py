@@ -70,3 +70,21 @@ def model_hash(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+DEFAULTS_NAME = "streamsr_defaults.json"  # a model's recommended sampling settings (JobConfig fields)
+DEFAULT_FIELDS = ("steps", "sampler", "anchor", "sigma_min", "sigma_max", "rho")
+
+
+def model_defaults(path: str | Path) -> dict:
+    """The JobConfig fields a model dir recommends ({} if it names none); BadInput for a bad file."""
+    file = Path(path) / DEFAULTS_NAME
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"cannot read {file}: {exc}") from None
+    if not isinstance(data, dict) or set(data) - set(DEFAULT_FIELDS):
+        raise BadInput(f"{file} may only set {', '.join(DEFAULT_FIELDS)}")
+    return data

@@ -332,7 +332,7 @@ def test_kind_none_returns_none(tmp_path):
 
 
 def test_dispatch_tables_cover_kinds():
-    assert set(semantic._PARSERS) == {"none", "open_clip"}
-    assert set(semantic._LOADERS) == {"open_clip"}
+    assert set(semantic._PARSERS) == {"none", "open_clip", "learned"}
+    assert set(semantic._LOADERS) == {"open_clip", "learned"}
     assert np.allclose(semantic.OPENAI_MEAN, __import__("open_clip").constants.OPENAI_DATASET_MEAN)
     assert np.allclose(semantic.OPENAI_STD, __import__("open_clip").constants.OPENAI_DATASET_STD)

@@ -19,7 +19,7 @@ from streamsr.config import ModelConfig
 from streamsr.errors import BadInput
 from streamsr.learned_encoder import SemanticNet, save_encoder
 from streamsr.training import (CropSampler, Noise, Trainer, TrainSettings, degrade, draw_noise, edm_loss,
-                               list_images, lr_dropout, make_batch, step_generator)
+                               list_images, lr_dropout, make_batch, step_generator, train_thumbnail)
 from streamsr.upsample import upsample_full
 
 CFG = ModelConfig.tiny(vector_dim=16)  # 32 px blocks, patch 8
@@ -55,6 +55,11 @@ def sampler(image_dir) -> CropSampler:
 
 def test_list_images_dir_and_json_split(image_dir, tmp_path):
     assert [p.name for p in list_images(image_dir)] == ["a.png", "b.jpg", "small.png", "c.PNG"]
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "a.png").symlink_to(image_dir / "a.png")
+    (linked / "z.png").symlink_to(image_dir / "a.png")  # the same file twice counts once
+    assert [p.name for p in list_images(linked)] == ["a.png"]
     listing = tmp_path / "list.json"
     listing.write_text(json.dumps([{"path": str(image_dir / "a.png"), "split": "train"},
                                    {"path": str(image_dir / "b.jpg"), "split": "val"}]))
@@ -165,7 +170,6 @@ def test_export_loads_as_model_dir(sampler, tmp_path):
     # a square LR: inference's thumbnail equals training's F.interpolate thumbnail, so the vectors agree
     square = torch.rand(1, 3, 48, 48) * 2 - 1
     _, ema_encoder = trainer.ema_modules()
-    from streamsr.training import train_thumbnail
     with torch.no_grad():
         want = ema_encoder(train_thumbnail(square, 32))
     assert torch.allclose(semantic.semantic_vector(out, CFG.vector_dim, square), want, atol=1e-5)

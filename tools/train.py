@@ -73,8 +73,8 @@ def build_trainer(args, device) -> Trainer:
         current = trainer.settings.to_dict()
         differ = {k: (current[k], v) for k, v in given.items() if current[k] != v}
         if differ:
-            raise SystemExit(f"--resume continues the checkpoint's recipe; these options differ from it: "
-                             + ", ".join(f"--{k.replace('_', '-')} {v} (checkpoint: {c})" for k, (c, v) in differ.items()))
+            listed = ", ".join(f"--{k.replace('_', '-')} {v} (checkpoint: {c})" for k, (c, v) in differ.items())
+            raise SystemExit(f"--resume continues the checkpoint's recipe; these options differ from it: {listed}")
         if args.config and ModelConfig.from_dict(json.loads(Path(args.config).read_text())) != trainer.cfg:
             raise SystemExit(f"--config {args.config} differs from the checkpoint's model config")
         print(f"resumed {ckpt} at step {trainer.step_count}", flush=True)
@@ -98,21 +98,21 @@ def main(argv=None) -> int:
     trainer = build_trainer(args, device)
     s = trainer.settings
 
-    data = args.data or trainer.extra.get("data")
-    if data is None:
-        raise SystemExit("--data is required")
-    paths = list_images(data)
-    fingerprint = data_fingerprint(paths)
-    if args.resume and trainer.extra.get("data_fingerprint") not in (None, fingerprint):
-        print(f"warning: the training image list differs from the checkpoint's; the stream will differ",
-              flush=True)
-    trainer.extra = {"data": str(Path(data).resolve()), "data_fingerprint": fingerprint, "images": len(paths),
-                     "args": {k: v for k, v in vars(args).items()}}
     n_model = sum(p.numel() for p in trainer.model.parameters())
     n_enc = sum(p.numel() for p in trainer.encoder.parameters()) if trainer.encoder is not None else 0
     todo = max(0, args.steps - trainer.step_count)
     sampler = None
     if todo:
+        data = args.data or trainer.extra.get("data")
+        if data is None:
+            raise SystemExit("--data is required")
+        paths = list_images(data)
+        fingerprint = data_fingerprint(paths)
+        if args.resume and trainer.extra.get("data_fingerprint") not in (None, fingerprint):
+            print("warning: the training image list differs from the checkpoint's; the stream will differ",
+                  flush=True)
+        trainer.extra = {"data": str(Path(data).resolve()), "data_fingerprint": fingerprint, "images": len(paths),
+                         "args": dict(vars(args))}
         t0 = time.monotonic()
         sampler = CropSampler.from_paths(paths, s.crop, s.max_side)
         mb = sum(im.nbytes for im in sampler.images) / 2 ** 20

@@ -1,12 +1,13 @@
 // streamsr view: two synchronised OpenSeadragon viewers (LR x4 and output), side by side or with a
-// slider, and the job's progress polled from api/status. URL options: ?mode=side|slider&split=0.5&panel=0
+// slider, and the job's progress polled from api/status.
+// URL options: ?mode=side|slider &split=0.5 (slider position) &panel=0 (hide the job panel) &poll=3000 (ms)
 (function () {
   "use strict";
 
   const params = new URLSearchParams(location.search);
   const $ = (id) => document.getElementById(id);
   const panes = $("panes");
-  const POLL_MS = 3000;
+  const POLL_MS = Math.max(250, parseInt(params.get("poll") || "3000", 10) || 3000);
 
   let info = null;
   let lrViewer = null;
@@ -30,6 +31,7 @@
       visibilityRatio: 0.1,
       animationTime: 0.5,
       blendTime: 0,
+      preserveImageSizeOnResize: true, // a taller or wider pane shows more, at the same scale
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
     });
   }
@@ -47,13 +49,40 @@
   }
 
   function link(a, b) {
-    const copy = () => follow(a, b, false);
+    const copy = (ev) => { if (!resizing) follow(a, b, !!ev.immediately); };
     a.addHandler("zoom", copy);
     a.addHandler("pan", copy);
   }
 
-  function resync() {
-    if (lrViewer && outViewer) setTimeout(() => follow(outViewer, lrViewer, true), 60);
+  function isHome(v) {
+    const vp = v.viewport;
+    const home = vp.getHomeBounds().getCenter();
+    const c = vp.getCenter();
+    return Math.abs(vp.getZoom() / vp.getHomeZoom() - 1) < 1e-3 && Math.abs(c.x - home.x) + Math.abs(c.y - home.y) < 1e-3;
+  }
+
+  function goHome(immediately) {
+    outViewer.viewport.goHome(immediately);
+    if (lrViewer) lrViewer.viewport.goHome(immediately);
+  }
+
+  // OpenSeadragon rescales the zoom of each viewer when its container changes size (mode switch, panel,
+  // window); the two viewers do that on their own (no syncing meanwhile), then the LR viewer is set from
+  // the output viewer, or both go home again if they were home before (the image keeps fitting the pane
+  // until someone zooms).
+  let resizing = false;
+  let resizeTimer = null;
+  let resizeWasHome = null;
+  function onResize() {
+    if (resizeWasHome === null) resizeWasHome = outViewer.world.getItemCount() === 0 || isHome(outViewer);
+    resizing = true;
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      resizing = false;
+      if (resizeWasHome) goHome(true);
+      else if (lrViewer) follow(outViewer, lrViewer, true);
+      resizeWasHome = null;
+    }, 120);
   }
 
   // ---- modes ----------------------------------------------------------------------------------------
@@ -62,7 +91,6 @@
     panes.className = info && info.layers.lr ? mode : "single";
     document.querySelectorAll("#modes button").forEach((b) => b.classList.toggle("active", b.dataset.mode === mode));
     setSplit(split);
-    resync();
   }
 
   function setSplit(v) {
@@ -197,6 +225,22 @@
     }
   }
 
+  // For scripts and tests: whether every tile in view is loaded and drawn, and the output tiles' version.
+  function settled(v) {
+    const vp = v.viewport;
+    const c = vp.getCenter(true), t = vp.getCenter(false);
+    return Math.abs(vp.getZoom(true) / vp.getZoom(false) - 1) < 1e-6 && Math.abs(c.x - t.x) + Math.abs(c.y - t.y) < 1e-9 &&
+      v.world.getItemCount() === 1 && v.world.getItemAt(0).getFullyLoaded();
+  }
+  window.streamsrView = {
+    ready: () => !!outViewer && !resizing && [outViewer, lrViewer].every((v) => !v || settled(v)),
+    version: () => version,
+    mode: () => mode,
+    setMode: (m) => setMode(m),
+    setSplit: (v) => setSplit(v),
+    zoom: () => [lrViewer, outViewer].map((v) => v && v.viewport.getZoom(true)),
+  };
+
   // ---- start ----------------------------------------------------------------------------------------
   async function start() {
     const r = await fetch("api/info", { cache: "no-store" });
@@ -204,22 +248,23 @@
     version = info.tiles_version;
     document.title = "streamsr view \u2014 " + info.title;
     if (params.get("panel") === "0") $("panel").classList.add("hidden");
-    $("panel-toggle").addEventListener("click", () => { $("panel").classList.toggle("hidden"); resync(); });
+    $("panel-toggle").addEventListener("click", () => { $("panel").classList.toggle("hidden"); });
     document.querySelectorAll("#modes button").forEach((b) => b.addEventListener("click", () => setMode(b.dataset.mode)));
-    $("home").addEventListener("click", () => { outViewer.viewport.goHome(); if (lrViewer) lrViewer.viewport.goHome(); });
+    $("home").addEventListener("click", () => goHome(false));
     if (info.layers.lr) {
       lrViewer = makeViewer("osd-lr", info.layers.lr);
     } else {
       document.body.classList.add("single");
     }
     outViewer = makeViewer("osd-out", info.layers.output);
+    outViewer.addHandler("resize", onResize);
     if (lrViewer) {
+      lrViewer.addHandler("resize", onResize);
       link(lrViewer, outViewer);
       link(outViewer, lrViewer);
     }
     setMode(mode);
     dragSplit();
-    window.addEventListener("resize", resync);
     poll();
     setInterval(poll, POLL_MS);
   }
