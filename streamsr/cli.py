@@ -123,6 +123,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    from .viewer import main as view_main
+
+    return view_main(args)
+
+
 def add_plan_args(p: argparse.ArgumentParser) -> None:
     """Options shared by upscale and plan: where and how it runs, and the memory budget."""
     p.add_argument("--batch", type=parse_batch, default=None, metavar="RxC",
@@ -201,6 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--input", help="an input image: its size is read from the header, no pixels decoded")
     add_plan_args(pl)
     pl.set_defaults(func=cmd_plan, seed=0, prompt_pos=None, prompt_neg=None)
+
+    vw = sub.add_parser("view", help="browse a job (LR vs output, live progress), a DZI or an OME-Zarr in a web page",
+                        description="Serve a deep-zoom viewer on 127.0.0.1: the LR input (upsampled x4) and the "
+                                    "output side by side or with a slider, zoom and pan synchronised, with the job's "
+                                    "settings and progress. Works while the job runs (read-only). Ctrl-C stops it.")
+    vw.add_argument("path", help="job dir (also while it runs), x16 job dir, .dzi file, or OME-Zarr/zarr store")
+    vw.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: any free port)")
+    vw.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    vw.add_argument("--cache-mb", type=int, default=256, help="memory for rendered tiles (default 256 MiB)")
+    vw.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    vw.set_defaults(func=cmd_view)
 
     st = sub.add_parser("status", help="progress, ETA, settings and memory plan of a job")
     st.add_argument("job", help="job dir")

@@ -16,6 +16,14 @@ class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent with another one."""
 
 
+def known_fields(cls, data: dict) -> dict:
+    """`data` if every key is a field of the dataclass `cls`; ConfigError naming the unknown ones."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    return data
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     block_size: int = 128  # HR pixels per block side; a block is one unit of the attention DAG
@@ -107,11 +115,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**known_fields(cls, data))
 
 
 SAMPLERS = ("heun", "euler")
@@ -174,11 +178,7 @@ class JobConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "JobConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown JobConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**known_fields(cls, data))
 
     def pixel_settings(self) -> dict:
         """The settings a resumed job must share with its creator (all but where and how fast it runs)."""

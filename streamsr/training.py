@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import ModelConfig
+from .config import ModelConfig, known_fields
 from .errors import BadInput
 from .learned_encoder import CHANNELS, THUMB_SIZE, SemanticNet, save_encoder
 from .model import InfDiT
@@ -117,10 +117,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainSettings":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainSettings field(s): {', '.join(unknown)}")
+        data = known_fields(cls, data)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 

@@ -238,6 +238,7 @@
     mode: () => mode,
     setMode: (m) => setMode(m),
     setSplit: (v) => setSplit(v),
+    split: () => split,
     zoom: () => [lrViewer, outViewer].map((v) => v && v.viewport.getZoom(true)),
   };
 

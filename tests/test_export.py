@@ -1,0 +1,569 @@
+"""streamsr.export and the streaming readers of streamsr.imageio: pyramids, formats, bounded memory.
+
+The big case is a 9500 x 9500 RGB output (90.25 MP, above Pillow's 89.5 MP limit) in a zarr array
+padded to 9600 x 9600 like a job's; it is exported to TIFF, OME-Zarr and DZI by child processes
+whose peak RSS (VmHWM) is compared with that of a 4x smaller crop (4750 x 4750) of the same array.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import png
+import pytest
+import tifffile
+import zarr
+from PIL import Image
+
+from streamsr import export as ex
+from streamsr import imageio
+from streamsr.errors import BadInput
+from streamsr.imageio import OutputError, iter_row_bands, probe, read_image, to_uint
+
+ROOT = Path(__file__).resolve().parents[1]
+BIG = 9500  # 90.25 MP > PIL.Image.MAX_IMAGE_PIXELS (89.48 MP)
+BIG_PADDED = 9600
+SMALL = BIG // 2  # a 4x smaller image: the top-left crop of the same array
+
+
+def pattern(y0: int, rows: int, width: int, channels: int = 3, dtype=np.uint8) -> np.ndarray:
+    """Cheap synthetic pixels with detail at every scale (so that box reduction is not trivial)."""
+    y = np.arange(y0, y0 + rows, dtype=np.uint32)[:, None]
+    x = np.arange(width, dtype=np.uint32)[None, :]
+    planes = [(x * 7 + y * 13) ^ (x >> 3), (x * y) >> 5, (x + 3 * y) >> 2, (x ^ y) | 1]
+    out = np.empty((rows, width, channels), dtype)
+    scale = 257 if dtype == np.uint16 else 1
+    for c in range(channels):
+        out[:, :, c] = (planes[c] & 255) * scale + (planes[(c + 1) % 4] & 255 if scale > 1 else 0)
+    return out
+
+
+def make_source(path: Path, height: int, width: int, channels: int = 3, dtype="uint8", chunks=(128, 128)):
+    arr = zarr.create_array(store=os.fspath(path), shape=(height, width, channels), chunks=(*chunks, channels),
+                            dtype=dtype, fill_value=0, compressors=None)
+    for y0 in range(0, height, chunks[0]):
+        arr[y0: y0 + chunks[0]] = pattern(y0, min(chunks[0], height - y0), width, channels, np.dtype(dtype))
+    return arr
+
+
+def box(img: np.ndarray, factor: int) -> np.ndarray:
+    """Reference box reduction by `factor` (a power of two) through repeated 2x2 means, round half
+    up, odd edges replicated: what one level of the cascade is defined to be."""
+    out = img.astype(np.int64)
+    while factor > 1:
+        if out.shape[0] % 2:
+            out = np.concatenate([out, out[-1:]], axis=0)
+        if out.shape[1] % 2:
+            out = np.concatenate([out, out[:, -1:]], axis=1)
+        h, w = out.shape[0] // 2, out.shape[1] // 2
+        out = (out.reshape(h, 2, w, 2, -1).sum(axis=(1, 3)) + 2) // 4
+        factor //= 2
+    return out.astype(img.dtype)
+
+
+def one_line(exc_info) -> str:
+    message = str(exc_info.value)
+    assert message and "\n" not in message
+    return message
+
+
+# --------------------------------------------------------------------------- the big case
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "output.zarr"
+    make_source(path, BIG_PADDED, BIG_PADDED, chunks=(128, 960))
+    return path
+
+
+CHILD = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import zarr
+from streamsr.export import export_array
+src, fmt, small, out, opts, big = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6]), int(sys.argv[7])
+
+def peak():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
+
+arr = zarr.open_array(src, mode="r")
+stem, _, suffix = out.rpartition(".")
+export_array(arr, (small, small), f"{stem}-small.{suffix}", fmt, **opts)
+hwm = [peak()]
+export_array(arr, (big, big), out, fmt, **opts)
+hwm.append(peak())
+print(json.dumps(hwm))
+"""
+
+
+def export_in_child(src: Path, fmt: str, out: Path, **opts) -> tuple[int, int]:
+    """Peak RSS of a fresh process after exporting the small crop, then after the big image."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(src), fmt, str(SMALL), str(out),
+                           json.dumps(opts), str(BIG)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    small, big = json.loads(proc.stdout.strip().splitlines()[-1])
+    return small, big
+
+
+def assert_bounded(small: int, big: int) -> None:
+    assert big < 600 * 2**20, f"peak RSS {big / 2**20:.0f} MiB for {BIG}x{BIG}"
+    assert big / small < 1.3, f"peak RSS {small / 2**20:.0f} -> {big / 2**20:.0f} MiB for a 4x larger image"
+
+
+def source_bands(src: Path, size: int, rows: int = 512):
+    arr = zarr.open_array(os.fspath(src), mode="r")
+    for y0 in range(0, size, rows):
+        yield y0, arr[y0: min(size, y0 + rows), :size]
+
+
+def test_big_tiff_pyramid_bounded_rss(big_source, tmp_path):
+    out = tmp_path / "big.tif"
+    assert_bounded(*export_in_child(big_source, "tiff", out))
+    sizes = ex.pyramid_sizes(BIG, BIG)
+    assert sizes[-1] == (297, 297) and all(max(s) >= 512 for s in sizes[:-1])
+    with tifffile.TiffFile(out) as tf:
+        assert tf.is_bigtiff
+        page = tf.pages.first
+        assert (page.tilewidth, page.tilelength) == (512, 512) and page.compression == 50000  # zstd
+        levels = tf.series[0].levels
+        assert [lv.shape for lv in levels] == [(h, w, 3) for h, w in sizes]
+        level0 = zarr.open_array(tf.aszarr(level=0), mode="r")
+        for y0, ref in source_bands(big_source, BIG, 1024):
+            np.testing.assert_array_equal(level0[y0: y0 + len(ref)], ref)
+        level1 = zarr.open_array(tf.aszarr(level=1), mode="r")
+        ref = zarr.open_array(os.fspath(big_source), mode="r")[BIG - 1000: BIG, BIG - 1001: BIG]  # odd edges
+        np.testing.assert_array_equal(level1[-500:, -501:], box(ref, 2))
+        np.testing.assert_array_equal(levels[-1].asarray(), box(levels[-2].asarray(), 2))
+
+
+def test_big_ome_zarr_bounded_rss(big_source, tmp_path):
+    out = tmp_path / "big.ome.zarr"
+    assert_bounded(*export_in_child(big_source, "zarr", out))
+    sizes = ex.pyramid_sizes(BIG, BIG)
+    meta = json.loads((out / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and meta["node_type"] == "group"
+    ome = meta["attributes"]["ome"]
+    assert ome["version"] == "0.5"
+    (ms,) = ome["multiscales"]
+    assert [a["name"] for a in ms["axes"]] == ["c", "y", "x"]
+    assert [a["type"] for a in ms["axes"]] == ["channel", "space", "space"]
+    assert [d["path"] for d in ms["datasets"]] == [str(k) for k in range(len(sizes))]
+    for k, d in enumerate(ms["datasets"]):
+        assert d["coordinateTransformations"] == [{"type": "scale", "scale": [1.0, 2.0 ** k, 2.0 ** k]}]
+    group = zarr.open_group(os.fspath(out), mode="r")
+    for k, (h, w) in enumerate(sizes):
+        arr = group[str(k)]
+        assert arr.shape == (3, h, w) and arr.chunks == (3, 512, 512) and arr.dtype == np.uint8
+        assert list(arr.metadata.dimension_names) == ["c", "y", "x"]
+    level0 = group["0"]
+    for y0, ref in source_bands(big_source, BIG, 1024):
+        np.testing.assert_array_equal(np.moveaxis(level0[:, y0: y0 + len(ref)], 0, -1), ref)
+    np.testing.assert_array_equal(group[str(len(sizes) - 1)][...], np.moveaxis(
+        box(np.moveaxis(group[str(len(sizes) - 2)][...], 0, -1), 2), -1, 0))
+    # the OME-Zarr is itself a streamsr input: its level 0, read by bands
+    info = probe(out)
+    assert (info.width, info.height, info.mode, info.format) == (BIG, BIG, "RGB", "ZARR")
+    for y0, band in iter_row_bands(out, 2000):
+        if y0 == 4000:
+            ref = zarr.open_array(os.fspath(big_source), mode="r")[4000:6000, :BIG]
+            np.testing.assert_array_equal(to_uint(band, 8), ref)
+
+
+def read_dzi(path: Path):
+    root = ET.parse(path).getroot()
+    ns = "{http://schemas.microsoft.com/deepzoom/2008}"
+    size = root.find(f"{ns}Size")
+    return root.attrib, int(size.attrib["Width"]), int(size.attrib["Height"])
+
+
+def assemble_dzi_level(files: Path, level: int, height: int, width: int, suffix: str) -> np.ndarray:
+    """Stitch a DeepZoom level from its tiles (dropping the overlaps); checks every tile's extent."""
+    out = None
+    for row in range(-(-height // 254)):
+        for col in range(-(-width // 254)):
+            tile = np.asarray(Image.open(files / str(level) / f"{col}_{row}.{suffix}"))
+            tile = tile[:, :, None] if tile.ndim == 2 else tile
+            x0, y0 = max(0, col * 254 - 1), max(0, row * 254 - 1)
+            x1, y1 = min(width, (col + 1) * 254 + 1), min(height, (row + 1) * 254 + 1)
+            assert tile.shape[:2] == (y1 - y0, x1 - x0), (level, col, row, tile.shape)
+            if out is None:
+                out = np.zeros((height, width, tile.shape[2]), np.uint8)
+            out[y0:y1, x0:x1] = tile
+    return out
+
+
+def test_big_dzi_bounded_rss(big_source, tmp_path):
+    out = tmp_path / "big.dzi"
+    assert_bounded(*export_in_child(big_source, "dzi", out))
+    attrib, width, height = read_dzi(out)
+    assert (width, height) == (BIG, BIG)
+    assert attrib["TileSize"] == "254" and attrib["Overlap"] == "1" and attrib["Format"] == "jpg"
+    files = tmp_path / "big_files"
+    counts = ex.dzi_tile_counts(BIG, BIG)
+    assert len(counts) == 15 == (BIG - 1).bit_length() + 1  # levels 0 (1x1) .. 14 (full size)
+    assert sorted(int(p.name) for p in files.iterdir()) == list(range(15))
+    for level, (cols, rows) in enumerate(counts):
+        names = {p.name for p in (files / str(level)).iterdir()}
+        assert names == {f"{c}_{r}.jpg" for c in range(cols) for r in range(rows)}
+    assert Image.open(files / "0" / "0_0.jpg").size == (1, 1)
+    # a mid level (1188 x 1188, level 11) against an 8x box reduction of the source (JPEG: loose)
+    sizes = ex.dzi_sizes(BIG, BIG)
+    h, w = sizes[3]
+    mid = assemble_dzi_level(files, 11, h, w, "jpg").astype(np.int16)
+    src = zarr.open_array(os.fspath(big_source), mode="r")
+    ref = np.concatenate([box(band, 8) for _, band in source_bands(big_source, BIG, 1024)])
+    assert ref.shape == mid.shape and np.abs(mid - ref).mean() < 4
+    assert src.shape == (BIG_PADDED, BIG_PADDED, 3)
+
+
+# --------------------------------------------------------------------------- exact pyramids, small
+
+
+@pytest.mark.parametrize("shape", [(7, 9, 3), (8, 9, 1), (7, 8, 2), (1, 1, 3), (1, 5, 4), (5, 1, 3), (64, 33, 3)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_reduce2_matches_reference(shape, dtype):
+    img = np.random.default_rng(shape[0] * 7 + shape[1]).integers(0, np.iinfo(dtype).max, shape, endpoint=True)
+    img = img.astype(dtype)
+    padded = np.concatenate([img, img[-1:]]) if shape[0] % 2 else img
+    np.testing.assert_array_equal(ex.reduce2(padded), box(img, 2))
+
+
+def test_cascade_bands_of_any_size_give_the_reference_pyramid():
+    img = pattern(0, 301, 203, 3)
+    sizes = ex.dzi_sizes(301, 203)
+    got = [[] for _ in sizes]
+    cascade = ex.Cascade([lambda rows, k=k: got[k].append(rows.copy()) for k in range(len(sizes))])
+    rng = np.random.default_rng(0)
+    y = 0
+    while y < 301:
+        n = int(rng.integers(1, 40))
+        cascade.push(img[y: y + n])
+        y += n
+    cascade.finish()
+    for k, (h, w) in enumerate(sizes):
+        level = np.concatenate(got[k])
+        assert level.shape == (h, w, 3)
+        np.testing.assert_array_equal(level, box(img, 2 ** k))
+
+
+def test_dzi_levels_are_exact_with_png_tiles_and_16_bit_becomes_8_bit(tmp_path):
+    arr = make_source(tmp_path / "src.zarr", 768, 1024, 4, "uint16")
+    h, w = 700, 1001  # odd width, cropped from the padded array
+    out = ex.export_array(arr, (h, w), tmp_path / "x.dzi", tile_format="png", workers=2)
+    attrib, width, height = read_dzi(out)
+    assert (width, height, attrib["Format"]) == (w, h, "png")
+    ref8 = ((arr[:h, :w].astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    top = (w - 1).bit_length()
+    for k, (lh, lw) in enumerate(ex.dzi_sizes(h, w)):
+        level = assemble_dzi_level(tmp_path / "x_files", top - k, lh, lw, "png")
+        np.testing.assert_array_equal(level, box(ref8, 2 ** k))
+    assert not list(tmp_path.glob("*partial*"))
+
+
+@pytest.mark.parametrize("channels,bit_depth,compression", [
+    (1, 16, "auto"), (4, 8, "zlib"), (2, 16, "none"), (3, 8, "zstd")])
+def test_tiff_pyramid_variants(tmp_path, channels, bit_depth, compression):
+    dtype = "uint8" if bit_depth == 8 else "uint16"
+    arr = make_source(tmp_path / "src.zarr", 1280, 1536, channels, dtype)
+    h, w = 1100, 1499
+    out = ex.export_array(arr, (h, w), tmp_path / "x.tiff", compression=compression)
+    sizes = ex.pyramid_sizes(h, w)
+    assert sizes == [(1100, 1499), (550, 750), (275, 375)]
+    with tifffile.TiffFile(out) as tf:
+        levels = tf.series[0].levels
+        assert len(tf.pages.first.subifds) == 2
+        ref = arr[:h, :w]
+        for k, level in enumerate(levels):
+            data = level.asarray()
+            data = data[:, :, None] if data.ndim == 2 else data
+            np.testing.assert_array_equal(data, box(ref, 2 ** k))
+        if channels in (2, 4):
+            assert tf.pages.first.extrasamples == (2,)  # unassociated alpha
+    info = probe(out)  # a streamsr input again (its full-resolution page)
+    assert (info.width, info.height, info.channels, info.bit_depth) == (w, h, channels, bit_depth)
+
+
+def test_tiff_jpeg_compression_and_refusals(tmp_path):
+    arr = make_source(tmp_path / "src.zarr", 600, 700, 3)
+    out = ex.export_array(arr, (600, 700), tmp_path / "j.tif", compression="jpeg", quality=95)
+    with tifffile.TiffFile(out) as tf:
+        assert tf.pages.first.compression == 7
+        data = tf.series[0].levels[0].asarray().astype(int)
+    assert np.abs(data - arr[...].astype(int)).mean() < 8
+    rgba = make_source(tmp_path / "rgba.zarr", 64, 64, 4)
+    with pytest.raises(BadInput) as exc_info:
+        ex.export_array(rgba, (64, 64), tmp_path / "a.tif", compression="jpeg")
+    assert "alpha" in one_line(exc_info)
+    with pytest.raises(BadInput):
+        ex.export_array(rgba, (64, 64), tmp_path / "a.tif", compression="lzw")
+    assert not list(tmp_path.glob("a*"))
+
+
+def test_ome_zarr_ngff_04_is_zarr_v2(tmp_path):
+    arr = make_source(tmp_path / "src.zarr", 1100, 600, 2)
+    out = ex.export_array(arr, (1100, 600), tmp_path / "o.zarr", ngff="0.4")
+    attrs = json.loads((out / ".zattrs").read_text())
+    (ms,) = attrs["multiscales"]
+    assert ms["version"] == "0.4" and [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
+    zarray = json.loads((out / "0" / ".zarray").read_text())
+    assert zarray["zarr_format"] == 2 and zarray["dimension_separator"] == "/" and zarray["shape"] == [2, 1100, 600]
+    image, info = read_image(out)  # read back through the OME metadata (c first)
+    assert info.mode == "LA"
+    np.testing.assert_array_equal(to_uint(image, 8), arr[...])
+
+
+# --------------------------------------------------------------------------- PNG by rows
+
+
+def test_png_export_beyond_pillow_limit_reads_back_by_rows(tmp_path, monkeypatch):
+    arr = make_source(tmp_path / "src.zarr", 640, 896, 3)
+    out = ex.export_array(arr, (600, 850), tmp_path / "o.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # 0.51 MP is "huge" now
+    with pytest.raises(BadInput) as exc_info:
+        read_image(out)
+    assert "850x600" in one_line(exc_info)
+    info = probe(out, stream=True)
+    assert (info.width, info.height, info.format) == (850, 600, "PNG")
+    bands = list(iter_row_bands(out, 77))
+    assert [y0 for y0, _ in bands] == list(range(0, 600, 77))
+    np.testing.assert_array_equal(to_uint(np.concatenate([b for _, b in bands]), 8), arr[:600, :850])
+
+
+def _write_pypng(path, width, height, rng, **kwargs):
+    depth = kwargs.get("bitdepth", 8)
+    planes = (1 if kwargs.get("greyscale", True) or "palette" in kwargs else 3) + bool(kwargs.get("alpha"))
+    top = len(kwargs["palette"]) if "palette" in kwargs else 2 ** depth
+    rows = rng.integers(0, top, (height, width * planes))
+    rows[: height // 2, : width * planes // 2] = top // 3  # flat areas: other filter types
+    with open(path, "wb") as fh:
+        png.Writer(width, height, **kwargs).write(fh, rows.tolist())
+    return path
+
+
+PNG_KINDS = {
+    "grey1": dict(greyscale=True, bitdepth=1), "grey4": dict(greyscale=True, bitdepth=4),
+    "grey8": dict(greyscale=True, bitdepth=8), "grey16": dict(greyscale=True, bitdepth=16),
+    "la16": dict(greyscale=True, alpha=True, bitdepth=16), "rgb8": dict(greyscale=False, bitdepth=8),
+    "rgb16": dict(greyscale=False, bitdepth=16), "rgba8": dict(greyscale=False, alpha=True, bitdepth=8),
+    "rgba16": dict(greyscale=False, alpha=True, bitdepth=16),
+    "palette2": dict(palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0), (9, 9, 200)], bitdepth=2),
+    "palette8-alpha": dict(palette=[(i, 255 - i, i // 2, i) for i in range(200)], bitdepth=8),
+}
+
+
+@pytest.mark.parametrize("kind", list(PNG_KINDS))
+def test_streaming_png_reader_equals_whole_decode(tmp_path, monkeypatch, kind):
+    rng = np.random.default_rng(len(kind))
+    path = _write_pypng(tmp_path / f"{kind}.png", 83, 70, rng, **PNG_KINDS[kind])
+    whole, info = read_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert probe(path, stream=True) == info
+    for band_rows in (1, 16, 100):
+        got = np.concatenate([b for _, b in iter_row_bands(path, band_rows)])
+        np.testing.assert_array_equal(got, whole)
+
+
+def test_streaming_png_of_our_paeth_writer_16_bit(tmp_path, monkeypatch):
+    pixels = pattern(0, 130, 77, 4, np.uint16)
+    with imageio.open_writer(tmp_path / "p.png", 77, 130, 4, 16) as writer:
+        writer.write_rows(pixels)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    got = np.concatenate([b for _, b in iter_row_bands(tmp_path / "p.png", 50)])
+    np.testing.assert_array_equal(to_uint(got, 16), pixels)
+
+
+def test_huge_png_refusals(tmp_path, monkeypatch):
+    path = tmp_path / "i.png"
+    with open(path, "wb") as fh:
+        png.Writer(50, 40, greyscale=False, interlace=True).write(fh, pattern(0, 40, 50).reshape(40, -1).tolist())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(BadInput) as exc_info:
+        probe(path, stream=True)
+    assert "interlaced" in one_line(exc_info)
+    good = _write_pypng(tmp_path / "g.png", 50, 40, np.random.default_rng(0), greyscale=False)
+    data = bytearray(good.read_bytes())
+    data[-40:-30] = bytes(10)  # break the last IDAT's CRC
+    good.write_bytes(bytes(data))
+    with pytest.raises(BadInput) as exc_info:
+        list(iter_row_bands(good, 8))
+    assert "corrupt or truncated PNG" in one_line(exc_info)
+    short = tmp_path / "s.png"
+    short.write_bytes(good.read_bytes()[: len(data) // 2])
+    with pytest.raises(BadInput) as exc_info:
+        list(iter_row_bands(short, 8))
+    assert "corrupt or truncated PNG" in one_line(exc_info)
+
+
+def test_huge_jpeg_needs_pyvips(tmp_path, monkeypatch):
+    path = tmp_path / "big.jpg"
+    Image.fromarray(pattern(0, 60, 80)).save(path, quality=92)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(imageio, "_pyvips", lambda: None)
+    for stream in (False, True):
+        with pytest.raises(BadInput) as exc_info:
+            probe(path, stream=stream)
+        assert "80x60" in one_line(exc_info) and "tiled TIFF" in one_line(exc_info)
+    assert "pyvips" in one_line(exc_info)
+
+
+def test_huge_jpeg_with_pyvips(tmp_path, monkeypatch):
+    pytest.importorskip("pyvips")
+    if imageio._pyvips() is None:
+        pytest.skip("libvips cannot be loaded")
+    path = tmp_path / "big.jpg"
+    Image.fromarray(pattern(0, 60, 80)).save(path, quality=92)
+    whole, _ = read_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    got = np.concatenate([b for _, b in iter_row_bands(path, 16)])
+    assert np.abs(got - whole).max() <= 2 / 255
+
+
+# --------------------------------------------------------------------------- zarr input
+
+
+def test_zarr_input_layouts(tmp_path):
+    img = pattern(0, 50, 40, 3)
+    a = zarr.create_array(store=os.fspath(tmp_path / "hwc.zarr"), shape=img.shape, chunks=(16, 16, 3), dtype="uint8")
+    a[...] = img
+    b = zarr.create_array(store=os.fspath(tmp_path / "chw.zarr"), shape=(3, 50, 40), chunks=(3, 16, 16),
+                          dtype="uint8", dimension_names=("c", "y", "x"))
+    b[...] = np.moveaxis(img, -1, 0)
+    c = zarr.create_array(store=os.fspath(tmp_path / "v2.zarr"), shape=img.shape, chunks=(7, 40, 3),
+                          dtype="uint8", zarr_format=2)
+    c[...] = img
+    group = zarr.open_group(os.fspath(tmp_path / "group.zarr"), mode="w")
+    group.create_array("image", shape=img.shape, chunks=(16, 16, 3), dtype="uint8")[...] = img
+    five = zarr.create_array(store=os.fspath(tmp_path / "tczyx.zarr"), shape=(1, 3, 1, 50, 40),
+                             chunks=(1, 3, 1, 16, 16), dtype="uint8", dimension_names=("t", "c", "z", "y", "x"))
+    five[...] = np.moveaxis(img, -1, 0)[None, :, None]
+    for name in ("hwc", "chw", "v2", "group", "tczyx"):
+        path = tmp_path / f"{name}.zarr"
+        image, info = read_image(path)
+        assert (info.width, info.height, info.mode, info.format) == (40, 50, "RGB", "ZARR"), name
+        np.testing.assert_array_equal(to_uint(image, 8), img)
+        got = np.concatenate([band for _, band in iter_row_bands(path, 9)])
+        np.testing.assert_array_equal(got, image)
+    grey = zarr.create_array(store=os.fspath(tmp_path / "grey.zarr"), shape=(20, 30), chunks=(8, 8), dtype="uint16")
+    grey[...] = 1000
+    info = probe(tmp_path / "grey.zarr")
+    assert (info.mode, info.bit_depth, info.channels) == ("L", 16, 1)
+
+
+def test_zarr_input_errors(tmp_path):
+    two = zarr.open_group(os.fspath(tmp_path / "two.zarr"), mode="w")
+    two.create_array("a", shape=(4, 4), dtype="uint8")
+    two.create_array("b", shape=(4, 4), dtype="uint8")
+    zarr.create_array(store=os.fspath(tmp_path / "float.zarr"), shape=(4, 4, 3), dtype="float32")
+    zarr.create_array(store=os.fspath(tmp_path / "wide.zarr"), shape=(9, 8, 7), dtype="uint8")
+    (tmp_path / "plain").mkdir()
+    cases = {"two.zarr": "2 arrays", "float.zarr": "float32", "wide.zarr": "no channel axis",
+             "plain": "is a directory"}
+    for name, expected in cases.items():
+        with pytest.raises(BadInput) as exc_info:
+            probe(tmp_path / name)
+        assert expected in one_line(exc_info) and str(tmp_path / name) in one_line(exc_info)
+
+
+# --------------------------------------------------------------------------- paths, atomicity, jobs
+
+
+def test_format_and_path_checks(tmp_path):
+    assert [ex.export_format(f"a{s}") for s in (".png", ".TIF", ".tiff", ".ome.zarr", ".dzi")] == \
+        ["png", "tiff", "tiff", "zarr", "dzi"]
+    assert ex.export_format("a.tif", "TIF") == "tiff"
+    (tmp_path / "notzarr.zarr").mkdir()
+    (tmp_path / "notzarr.zarr" / "x").write_text("x")
+    (tmp_path / "d_files").mkdir()
+    (tmp_path / "d_files" / "notes.txt").write_text("x")
+    cases = [("a.jpg", None, "unsupported output format"), ("a.png", "tiff", "needs a name ending in .tif"),
+             ("a.png", "webp", "unknown export format"), ("missing/a.png", None, "does not exist"),
+             ("notzarr.zarr", None, "not a zarr store"), ("d.dzi", None, "not a DeepZoom tile folder")]
+    for name, fmt, expected in cases:
+        with pytest.raises(BadInput) as exc_info:
+            ex.check_export_path(tmp_path / name, fmt)
+        assert expected in one_line(exc_info)
+
+
+@pytest.mark.parametrize("name", ["o.png", "o.tif", "o.zarr", "o.dzi"])
+def test_disk_full_gives_output_error_and_keeps_the_old_target(tmp_path, monkeypatch, name):
+    arr = make_source(tmp_path / "src.zarr", 1024, 700, 3)
+    target = tmp_path / name
+    ex.export_array(arr, (600, 700), target)  # an older export that must survive
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "src.zarr" not in p.parts)
+    calls = {"n": 0}
+    real = ex.Source.bands
+
+    def failing(self, *args, **kwargs):
+        for item in real(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 5:
+                raise OSError(28, "No space left on device")
+            yield item
+
+    monkeypatch.setattr(ex.Source, "bands", failing)
+    with pytest.raises(OutputError) as exc_info:
+        ex.export_array(arr, (1000, 700), target)
+    message = one_line(exc_info)
+    assert "No space left on device" in message and str(target) in message
+    assert exc_info.value.exit_code == 1
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "src.zarr" not in p.parts)
+    assert after == before  # no temporary left, the old export untouched
+
+
+def test_replacing_an_existing_export(tmp_path):
+    arr = make_source(tmp_path / "src.zarr", 300, 300, 3)
+    for size in (300, 200):
+        ex.export_array(arr, (size, size), tmp_path / "o.zarr")
+        ex.export_array(arr, (size, size), tmp_path / "o.dzi")
+    assert zarr.open_group(os.fspath(tmp_path / "o.zarr"), mode="r")["0"].shape == (3, 200, 200)
+    assert read_dzi(tmp_path / "o.dzi")[1:] == (200, 200)
+    assert sorted(int(p.name) for p in (tmp_path / "o_files").iterdir()) == list(range(9))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.dzi", "o.zarr", "o_files", "src.zarr"]
+
+
+def make_job(root: Path, status: str, mode: str = "RGBA", lr=(40, 50), block=64, cursor=10, total=10):
+    from streamsr.config import SR_SCALE
+
+    channels = len(mode)
+    lh, lw = lr
+    hh, hw = -(-lh * SR_SCALE // block) * block, -(-lw * SR_SCALE // block) * block
+    root.mkdir(parents=True)
+    group = zarr.open_group(os.fspath(root / "state.zarr"), mode="w")
+    out = group.create_array("output", shape=(hh, hw, channels), chunks=(block, block, channels), dtype="uint8",
+                             fill_value=0)
+    out[...] = pattern(0, hh, hw, channels)
+    manifest = {"format": "streamsr-job/1", "status": status, "cursor": cursor, "total_tasks": total,
+                "geometry": {"lr_height": lh, "lr_width": lw, "block_size": block},
+                "input": {"mode": mode, "bit_depth": 8}, "output": {"path": None}}
+    (root / "job.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_export_job(tmp_path):
+    out = make_job(tmp_path / "job", "done")
+    path = ex.export_job(tmp_path / "job", tmp_path / "o.png")
+    image, info = read_image(path)
+    assert (info.width, info.height, info.mode) == (200, 160, "RGBA")  # cropped x4 size, alpha kept
+    np.testing.assert_array_equal(to_uint(image, 8), out[:160, :200])
+    ex.export_job(tmp_path / "job", tmp_path / "o.dzi", tile_format="png")
+    assert (tmp_path / "o_files" / "8" / "0_0.png").is_file()
+    make_job(tmp_path / "running", "running", cursor=3, total=10)
+    with pytest.raises(BadInput) as exc_info:
+        ex.export_job(tmp_path / "running", tmp_path / "r.png")
+    assert "not finished" in one_line(exc_info) and "streamsr resume" in one_line(exc_info)
+    make_job(tmp_path / "exporting", "running", "L", cursor=9, total=10)  # only the export task left
+    assert probe(ex.export_job(tmp_path / "exporting", tmp_path / "e.tif")).mode == "L"
+    (tmp_path / "chain").mkdir()
+    (tmp_path / "chain" / "chain.json").write_text("{}")
+    make_job(tmp_path / "chain" / "stage2", "done", "RGB")
+    assert probe(ex.export_job(tmp_path / "chain", tmp_path / "c.zarr")).mode == "RGB"
+    with pytest.raises(BadInput):
+        ex.export_job(tmp_path / "nowhere", tmp_path / "n.png")
+    assert not list(tmp_path.glob("r.*")) and not list(tmp_path.glob("n.*"))
