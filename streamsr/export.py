@@ -54,12 +54,15 @@ TIFF_COMPRESSIONS = ("auto", "zstd", "zlib", "jpeg", "none")
 TILE = 512  # TIFF tile and zarr chunk side
 SCRATCH_ROWS = 128  # rows per chunk of a TIFF's temporary sub-levels (and per band written there)
 TIFF_BUFFER_TILES = 4  # tiles tifffile gathers before compressing and writing them
-ZARR_WRITE_CHUNKS = 4  # OME-Zarr chunks written per zarr call (bounds zarr's encode buffers)
+ZARR_WRITE_BYTES = 1 << 20  # bytes written per zarr call, whole chunk columns (bounds zarr's buffers)
+ZARR_CONCURRENCY = 4  # zarr's async.concurrency while exporting (fewer chunk buffers in flight)
+REDUCE_ROWS = 64  # rows reduced per call (bounds the reduction's temporaries)
 MIN_LEVEL_SIDE = 512  # TIFF and zarr pyramids stop at the first level whose longest side is below it
 DZI_TILE = 254
 DZI_OVERLAP = 1
 NGFF_VERSIONS = ("0.5", "0.4")
 MAX_SOURCE_BAND_BYTES = 64 << 20  # a source band is whole chunk rows, split if one is larger than this
+SOURCE_PIECE_BYTES = 1 << 20  # bytes read from the source array per call (whole chunk columns)
 
 Progress = Callable[[int, int], None]  # (rows of level 0 done, total rows)
 
@@ -241,8 +244,8 @@ class Cascade:
         even = len(rows) - len(rows) % 2
         if even < len(rows):
             self._odd[level] = rows[even:].copy()
-        if even:
-            self.push(reduce2(rows[:even]), level + 1)
+        for y in range(0, even, REDUCE_ROWS):
+            self.push(reduce2(rows[y: min(even, y + REDUCE_ROWS)]), level + 1)
 
     def finish(self) -> None:
         """The last odd row of each level is reduced with itself into the next level."""
@@ -300,7 +303,7 @@ class Source:
         self.height, self.width = (int(n) for n in hr_size)
         if not (0 < self.height <= shape[0] and 0 < self.width <= shape[1]):
             raise ValueError(f"hr_size {hr_size} does not fit the array {arr.shape}")
-        self.arr, self.channels = arr, shape[2]
+        self.arr, self.channels, self.arr_dtype = arr, shape[2], dtype
         self.bit_depth = bit_depth or (8 if dtype == np.uint8 else 16)
         if self.bit_depth not in (8, 16):
             raise ValueError(f"bit_depth must be 8 or 16, not {bit_depth!r}")
@@ -313,20 +316,36 @@ class Source:
             rows = max(1, MAX_SOURCE_BAND_BYTES // row_bytes)
         self.band_rows = max(1, rows)
 
+    def _piece_cols(self) -> int:
+        """Columns read per array call: whole chunk columns, about SOURCE_PIECE_BYTES per call."""
+        chunks = getattr(self.arr, "chunks", None)
+        chunk_cols = int(chunks[1]) if chunks and len(chunks) > 1 else 256
+        per_col = self.band_rows * self.channels * self.arr_dtype.itemsize
+        return max(1, SOURCE_PIECE_BYTES // (per_col * chunk_cols)) * chunk_cols
+
     def bands(self, bit_depth: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """(y0, (rows, W, C)) in the source's bit depth, or `bit_depth` if given."""
+        """(y0, (rows, W, C)) in the source's bit depth, or `bit_depth` if given.
+
+        Each band is a view of one buffer that the next band overwrites: copy what you keep. It is
+        filled by column pieces of whole chunks, so that the array library's own buffers stay small.
+        """
         depth = bit_depth or self.bit_depth
+        buffer = np.empty((min(self.band_rows, self.height), self.width, self.channels), self.arr_dtype)
+        step = self._piece_cols()
         for y0 in range(0, self.height, self.band_rows):
             y1 = min(self.height, y0 + self.band_rows)
-            try:
-                band = np.asarray(self.arr[y0:y1, : self.width])
-            except MemoryError:
-                raise
-            except Exception as e:  # noqa: BLE001 - a missing or corrupt chunk of the store
-                raise BadInput(_one_line(f"{self.name}: cannot read rows {y0}-{y1}: {type(e).__name__}: "
-                                         f"{_reason(e)}")) from e
-            if band.ndim == 2:
-                band = band[:, :, None]
+            band = buffer[: y1 - y0]
+            for x0 in range(0, self.width, step):
+                x1 = min(self.width, x0 + step)
+                try:
+                    piece = np.asarray(self.arr[y0:y1, x0:x1])
+                except MemoryError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a missing or corrupt chunk of the store
+                    raise BadInput(_one_line(f"{self.name}: cannot read rows {y0}-{y1}: "
+                                             f"{type(e).__name__}: {_reason(e)}")) from e
+                band[:, x0:x1] = piece.reshape(y1 - y0, x1 - x0, self.channels)
+                del piece
             yield y0, _convert_depth(band, depth)
 
 
@@ -371,6 +390,15 @@ def _output_guard(path: Path, temps: list[Path]):
         raise
 
 
+@contextlib.contextmanager
+def _zarr_limits():
+    """Fewer zarr chunk operations in flight while exporting (peak memory; no loss on few cores)."""
+    import zarr  # noqa: PLC0415
+
+    with zarr.config.set({"async.concurrency": ZARR_CONCURRENCY}):
+        yield
+
+
 def _report(progress: Progress | None, done: int, total: int) -> None:
     if progress is not None:
         progress(done, total)
@@ -387,6 +415,21 @@ def _export_png(src: Source, path: Path, progress: Progress | None, **_) -> None
 
 
 # ----------------------------------------------------------------------------- TIFF
+
+
+def _write_band(arr, y0: int, band: np.ndarray, channels_first: bool) -> None:
+    """arr[y0:y0+rows] = band ((rows, w, C)), by pieces of whole chunk columns of about
+    ZARR_WRITE_BYTES, so that zarr's encode buffers stay small whatever the width."""
+    chunk_cols = int(arr.chunks[2 if channels_first else 1])
+    per_col = band.shape[0] * band.shape[2] * band.dtype.itemsize
+    step = max(1, ZARR_WRITE_BYTES // (per_col * chunk_cols)) * chunk_cols
+    rows = slice(y0, y0 + band.shape[0])
+    for x0 in range(0, band.shape[1], step):
+        piece = band[:, x0: x0 + step]
+        if channels_first:
+            arr[:, rows, x0: x0 + piece.shape[1]] = np.moveaxis(piece, -1, 0)
+        else:
+            arr[rows, x0: x0 + piece.shape[1]] = piece
 
 
 def _tiff_options(shape: tuple[int, int], channels: int, dtype, compression: str, quality: int) -> dict:
@@ -408,9 +451,10 @@ def _tiff_options(shape: tuple[int, int], channels: int, dtype, compression: str
 
 
 def _tiles_of(band: np.ndarray) -> Iterator[np.ndarray]:
+    """Copies (tifffile may hold a few tiles before it encodes them; the band is reused)."""
     band = band[:, :, 0] if band.shape[2] == 1 else band
     for x0 in range(0, band.shape[1], TILE):
-        yield band[:, x0: x0 + TILE]  # tifffile pads edge tiles
+        yield np.ascontiguousarray(band[:, x0: x0 + TILE])  # tifffile pads edge tiles
 
 
 def _export_tiff(src: Source, path: Path, progress: Progress | None, compression: str | None = None,
@@ -432,7 +476,7 @@ def _export_tiff(src: Source, path: Path, progress: Progress | None, compression
 
         def store(level):
             def emit(y0: int, band: np.ndarray) -> None:
-                level[y0: y0 + len(band)] = band
+                _write_band(level, y0, band, channels_first=False)
             return emit
 
         sub = [Rebander(SCRATCH_ROWS, h, w, src.channels, src.dtype, store(level))
@@ -440,33 +484,28 @@ def _export_tiff(src: Source, path: Path, progress: Progress | None, compression
         cascade = Cascade([lambda rows: None, *sub])
 
         def tiles0() -> Iterator[np.ndarray]:
-            """Level 0 tile rows, gathered from the source bands (each yielded before reuse)."""
-            band0 = np.empty((min(TILE, src.height), src.width, src.channels), src.dtype)
-            y_band = fill = 0
+            """Level 0: each source band is one row of tiles (src.band_rows == TILE). Everything
+            is done before the band's tiles are handed over: tifffile stops pulling after the
+            last tile, so code after the final yield would never run."""
             for y0, band in src.bands():
                 cascade.push(band)
-                i = 0
-                while i < len(band):
-                    size = min(TILE, src.height - y_band)
-                    k = min(len(band) - i, size - fill)
-                    band0[fill: fill + k] = band[i: i + k]
-                    fill, i = fill + k, i + k
-                    if fill == size:
-                        yield from _tiles_of(band0[:size])
-                        y_band, fill = y_band + size, 0
                 _report(progress, y0 + len(band), src.height)
-            cascade.finish()
-            if y_band != src.height or not all(r.complete for r in sub):
-                raise RuntimeError("the pyramid cascade did not fill every level")
+                yield from _tiles_of(band)
 
         def tiles(level) -> Iterator[np.ndarray]:
-            for y0 in range(0, level.shape[0], TILE):
-                yield from _tiles_of(np.asarray(level[y0: y0 + TILE]))
+            h, w, c = level.shape
+            for y0 in range(0, h, TILE):
+                for x0 in range(0, w, TILE):
+                    tile = np.asarray(level[y0: y0 + TILE, x0: x0 + TILE])
+                    yield tile[:, :, 0] if c == 1 else tile
 
         with open(tmp, "wb") as fh:
             with tifffile.TiffWriter(fh, bigtiff=True) as tw:
                 tw.write(tiles0(), subifds=len(levels),
                          **_tiff_options(sizes[0], src.channels, src.dtype, compression, quality))
+                cascade.finish()
+                if not all(r.complete for r in sub):
+                    raise RuntimeError("the pyramid cascade did not fill every level")
                 for level, size in zip(levels, sizes[1:]):
                     tw.write(tiles(level), subfiletype=1,
                              **_tiff_options(size, src.channels, src.dtype, compression, quality))
@@ -536,18 +575,24 @@ def _export_zarr(src: Source, path: Path, progress: Progress | None, ngff: str =
 
     def store(arr):
         def emit(y0: int, band: np.ndarray) -> None:
-            step = TILE * ZARR_WRITE_CHUNKS
-            for x0 in range(0, band.shape[1], step):
-                arr[:, y0: y0 + len(band), x0: x0 + step] = np.moveaxis(band[:, x0: x0 + step], -1, 0)
+            _write_band(arr, y0, band, channels_first=True)
         return emit
 
-    sinks = [Rebander(TILE, h, w, src.channels, src.dtype, store(arr)) for (h, w), arr in zip(sizes, arrays)]
-    cascade = Cascade(sinks)
+    sinks = [Rebander(TILE, h, w, src.channels, src.dtype, store(arr))
+             for (h, w), arr in zip(sizes[1:], arrays[1:])]
+    level0 = store(arrays[0])  # each source band is one row of chunks (src.band_rows == TILE)
+
+    def write0(rows: np.ndarray) -> None:
+        level0(write0.y, rows)
+        write0.y += len(rows)
+
+    write0.y = 0
+    cascade = Cascade([write0, *sinks])
     for y0, band in src.bands():
         cascade.push(band)
         _report(progress, y0 + len(band), src.height)
     cascade.finish()
-    if not all(s.complete for s in sinks):
+    if write0.y != src.height or not all(s.complete for s in sinks):
         raise RuntimeError("the pyramid cascade did not fill every level")
     _replace_dir(tmp, path)
 
@@ -708,16 +753,17 @@ def export_array(arr, hr_size: tuple[int, int], path: os.PathLike | str, fmt: st
     array's; a different one is converted by value scaling; DZI is always 8-bit). compression: TIFF
     only ("auto", "zstd", "zlib", "jpeg", "none"). quality: JPEG quality (TIFF jpeg, DZI jpg tiles).
     tile_format: DZI "jpg" or "png" (default jpg, png with alpha). ngff: OME-Zarr "0.5" or "0.4".
-    workers: DZI tile-encoding threads. band_rows: source rows read at a time (default one chunk row).
+    workers: DZI tile-encoding threads. band_rows: source rows read at a time for png and dzi
+    (default one chunk row; tiff and zarr read one 512-row tile row at a time).
     progress(done_rows, total_rows) is called as level 0 advances. Returns the path written.
     """
     path, fmt = check_export_path(path, fmt)
-    src = Source(arr, hr_size, bit_depth, band_rows)
+    src = Source(arr, hr_size, bit_depth, TILE if fmt in ("tiff", "zarr") else band_rows)
     if fmt == "tiff":
         _tiff_compression(compression, src.channels, src.bit_depth)  # refuse bad options before any work
     temps = {"png": [], "tiff": [partial_path(path)], "zarr": [partial_path(path)],
              "dzi": [partial_path(path), dzi_files_dir(partial_path(path))]}[fmt]
-    with _output_guard(path, temps):
+    with _output_guard(path, temps), _zarr_limits():
         _EXPORTERS[fmt](src, path, progress, compression=compression, quality=quality,
                         tile_format=tile_format, ngff=ngff, workers=workers)
     return path

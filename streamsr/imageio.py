@@ -760,6 +760,12 @@ class _PngScanlines:
             else:
                 seen_other = True
 
+    def _drain(self) -> None:
+        """Read the remaining IDAT chunks (their CRCs are checked), up to the next chunk."""
+        for kind, _ in self._chunks:
+            if kind != b"IDAT":
+                return
+
     def blocks(self, rows: int) -> Iterator[bytes]:
         """Filtered scanlines (1 filter byte + row bytes each), `rows` rows at a time."""
         inflate, pending, done = zlib.decompressobj(), bytearray(), 0
@@ -773,6 +779,8 @@ class _PngScanlines:
                     data = inflate.unconsumed_tail
                     while done < self.height and len(pending) >= min(rows, self.height - done) * self.stride:
                         n = min(rows, self.height - done) * self.stride
+                        if done + n // self.stride == self.height:
+                            self._drain()  # check the CRCs of the rest of the image data first
                         yield bytes(pending[:n])
                         del pending[:n]
                         done += n // self.stride

@@ -8,6 +8,7 @@ denoiser sweep, and run the remaining tasks, committing the cursor after each ta
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import shutil
@@ -236,6 +237,22 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps it otherwise, and RSS creeps up with the
+    image width, tools/bench_memory.py); a no-op where malloc_trim does not exist."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 def run_job(root: Path, model_dir: Path | None = None, progress: bool = True, log=print) -> dict:
     """Run (or resume) a job to the end; returns the final manifest. Raises Interrupted on Ctrl-C."""
     from .api import load_model
@@ -279,6 +296,7 @@ def run_job(root: Path, model_dir: Path | None = None, progress: bool = True, lo
                 blocks_before = runner.timers.model_blocks
                 changes = runner.run(task) or {}
                 kill_point(task.index, "before-commit")
+                release_free_memory()
                 spent = {k: seconds0.get(k, 0.0) + v for k, v in runner.timers.seconds.items()}
                 spent["total"] = seconds0.get("total", 0.0) + time.monotonic() - start
                 new_blocks = runner.timers.model_blocks - blocks_before

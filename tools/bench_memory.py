@@ -27,9 +27,13 @@ and `--vram` on CUDA), the script runs per case
    before it), the frontier's own peak (Frontier.peak_bytes: device/host RAM or spill files) and its
    staged-copy peak. Compared with the plan's activations + frontier + staging + frontier_host (the
    tensor terms) and, separately, frontier vs frontier(+frontier_host/disk) and staging.
+   A disk frontier's staged K/V are views of np.fromfile buffers that TensorBytes cannot see (no torch
+   op makes them); "+untracked" adds Frontier.peak_staged_bytes back for that placement.
    On CUDA (--device cuda) the sweep runs on the GPU and torch.cuda.max_memory_allocated during the
    sweep is compared with activations + frontier + staging; the job's whole-run max_memory_allocated
-   (from the wrapper) is compared with the predicted device_bytes (weights included).
+   (from the wrapper) is compared with the predicted device_bytes (weights included); the CPU
+   TensorBytes peak is then compared with the host-side terms only (frontier_host + spill_io).
+   (The CUDA path has not been run on a GPU yet.)
 
 It also runs two baselines (unless --no-baseline): a child that only imports what a job imports, and
 the smallest real job, `python -m streamsr upscale` of a one-block LR (16x16 for 64 px blocks) with
@@ -427,7 +431,10 @@ def run_case(args, model_dir: Path, width: int, ram: str | None, vram: str | Non
     rec.update(split_times(manifest, res["wall_s"]))
     # the same plan predicted again here (the manifest's parts are what the job recorded)
     parts = rec["plan"]["parts"]
-    rec["pred_tensor"] = parts["activations"] + parts["frontier"] + parts["staging"] + parts["frontier_host"]
+    if args.device.startswith("cuda"):  # TensorBytes sees CPU tensors only: there, the host-side K/V copies
+        rec["pred_tensor"] = parts["frontier_host"] + parts["spill_io"]
+    else:
+        rec["pred_tensor"] = parts["activations"] + parts["frontier"] + parts["staging"] + parts["frontier_host"]
     rec["pred_non_runtime_host"] = rec["plan"]["host_bytes"] - parts["runtime"]
     if rec["main_hwm_mib"] is not None:
         rec["implied_runtime_mib"] = rec["main_hwm_mib"] - rec["pred_non_runtime_host"] / MIB
