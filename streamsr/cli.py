@@ -91,8 +91,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.input:
         from .imageio import probe
 
-        info = probe(args.input)
+        info = probe(args.input, stream=True)  # the header only, no pixels decoded
         lr_w, lr_h = info.width, info.height
+        print(f"input:    {args.input} ({lr_w}x{lr_h} {info.mode} {info.bit_depth}-bit {info.format})")
     elif args.size:
         lr_w, lr_h = -(-args.size[0] // 4), -(-args.size[1] // 4)
     else:
@@ -120,6 +121,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     for line in status_lines(args.job):
         print(line)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_job
+
+    path = export_job(args.job, args.output, args.format, compression=args.compression, quality=args.quality,
+                      tile_format=args.tile_format, ngff=args.ngff)
+    print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -207,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--input", help="an input image: its size is read from the header, no pixels decoded")
     add_plan_args(pl)
     pl.set_defaults(func=cmd_plan, seed=0, prompt_pos=None, prompt_neg=None)
+
+    ex = sub.add_parser("export", help="write a finished job's output as PNG, pyramidal TIFF, OME-Zarr or DZI",
+                        description="Export a finished job's output by streaming (bounded RAM at any size): PNG by "
+                                    "rows, tiled pyramidal BigTIFF, OME-Zarr multiscale, or a DeepZoom (DZI) pyramid.")
+    ex.add_argument("job", help="job dir (a x16 job dir exports its second stage)")
+    ex.add_argument("-o", "--output", required=True, help="output path (.png, .tif/.tiff, .zarr, .dzi)")
+    ex.add_argument("--format", choices=("png", "tiff", "zarr", "dzi"), default=None,
+                    help="default: from the output suffix")
+    ex.add_argument("--compression", choices=("auto", "zstd", "zlib", "jpeg", "none"), default=None,
+                    help="TIFF compression (default auto: zstd when available)")
+    ex.add_argument("--quality", type=int, default=90, help="JPEG quality for TIFF/DZI tiles (default 90)")
+    ex.add_argument("--tile-format", choices=("jpg", "png"), default=None, help="DZI tiles (default jpg, png with alpha)")
+    ex.add_argument("--ngff", choices=("0.5", "0.4"), default="0.5", help="OME-Zarr version (default 0.5)")
+    ex.set_defaults(func=cmd_export)
 
     vw = sub.add_parser("view", help="browse a job (LR vs output, live progress), a DZI or an OME-Zarr in a web page",
                         description="Serve a deep-zoom viewer on 127.0.0.1: the LR input (upsampled x4) and the "

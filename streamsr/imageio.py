@@ -410,6 +410,33 @@ def probe(path: os.PathLike | str, *, stream: bool = False) -> ImageInfo:
     raise _unsupported_format(path)
 
 
+def input_sha256(path: os.PathLike | str) -> str:
+    """SHA-256 identity of an input: a file's bytes; for a zarr store (a directory), the relative
+    path and bytes of every file under it, in sorted order (hidden files such as .DS_Store are
+    skipped, zarr v2's .zarray/.zattrs/.zgroup are not)."""
+    import hashlib  # noqa: PLC0415
+
+    path = Path(path)
+    digest = hashlib.sha256()
+
+    def feed(file: Path) -> None:
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+
+    if not path.is_dir():
+        feed(path)
+        return digest.hexdigest()
+    keep = {".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+    files = sorted(p for p in path.rglob("*") if p.is_file() and
+                   not any(part.startswith(".") and part not in keep for part in p.relative_to(path).parts))
+    for file in files:
+        rel = file.relative_to(path).as_posix().encode()
+        digest.update(len(rel).to_bytes(4, "big") + rel + file.stat().st_size.to_bytes(8, "big"))
+        feed(file)
+    return digest.hexdigest()
+
+
 # ----------------------------------------------------------------------------- zarr input
 
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")

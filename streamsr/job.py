@@ -9,7 +9,6 @@ denoiser sweep, and run the remaining tasks, committing the cursor after each ta
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import signal
@@ -53,19 +52,12 @@ class Source:
     bands: Callable[[int], Iterator[tuple[int, np.ndarray]]]  # band_rows -> (y0, (rows, W, C) float32)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_source(path: Path) -> Source:
-    from .imageio import iter_row_bands, probe
+    """An input file or zarr array, read by row bands (huge PNG/TIFF/zarr inputs stream)."""
+    from .imageio import input_sha256, iter_row_bands, probe
 
-    info = probe(path)
-    return Source(str(Path(path).resolve()), file_sha256(path), info.width, info.height, info.mode,
+    info = probe(path, stream=True)
+    return Source(str(Path(path).resolve()), input_sha256(path), info.width, info.height, info.mode,
                   info.bit_depth, lambda rows: iter_row_bands(path, rows))
 
 

@@ -20,7 +20,8 @@ from .attention import get_kernel
 from .engine import batch_box, denoise_batch
 from .faults import kill_point
 from .frontier import Frontier
-from .imageio import open_writer, to_uint
+from .export import export_array
+from .imageio import to_uint
 from .model import InfDiT, blocks_to_image, image_to_blocks
 from .noise import block_noise
 from .planner import Batch, BatchShape, Grid, Task, frontier_bound, frontier_plan
@@ -248,12 +249,9 @@ class TaskRunner:
         return alpha
 
     def export(self) -> None:
-        """Write the output file by bands of block rows, cropped to the unpadded size."""
+        """Write the output file (format from its suffix) by bands, cropped to the unpadded size."""
         info, out = self.store.manifest["input"], self.store.manifest["output"]
         if out["path"] is None:  # the first stage of a x16 chain: its output array feeds the next stage
             return
-        h, w = self.geo.hr_size
-        arr = self.store.array("output")
-        with self.timers("write"), open_writer(out["path"], w, h, arr.shape[2], info["bit_depth"]) as writer:
-            for y0 in range(0, h, self.bs):
-                writer.write_rows(arr[y0:min(y0 + self.bs, h), :w, :])
+        with self.timers("write"):
+            export_array(self.store.array("output"), self.geo.hr_size, out["path"], None, info["bit_depth"])

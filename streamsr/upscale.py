@@ -100,15 +100,15 @@ def upscale(input_path, output, model_dir=None, job_dir=None, cfg: JobConfig | N
     auto_batch / auto_placement: let the memory planner choose the block batch / the frontier placement
     (the fastest plan within cfg.vram and cfg.ram), instead of cfg's values.
     """
-    from .imageio import check_output_path
+    from .export import check_export_path
 
     cfg = cfg or JobConfig()
     if scale not in SCALES:
         raise BadInput(f"scale {scale} is not supported: use 4 (native) or 16 (two chained x4 jobs)")
     input_path, output = Path(input_path), Path(output).resolve()
-    if not input_path.is_file():
+    if not input_path.exists():
         raise BadInput(f"input {input_path} does not exist")
-    check_output_path(output)
+    check_export_path(output)
     model_dir = resolve_model_dir(model_dir)
     temporary = job_dir is None
     root = Path(tempfile.mkdtemp(prefix=".streamsr-job-", dir=output.parent)) if temporary else Path(job_dir).resolve()

@@ -280,13 +280,13 @@ def test_full_disk_fails_cleanly_and_resumes(work, tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(store_mod.JobStore, "write", failing_write)
     job = tmp_path / "job"
-    args = ("--model", work / "model", "--steps", 2, "--job", job, "-q")
+    args = ("--model", work / "model", "--steps", 2, "--batch", "1x1", "--job", job, "-q")
     assert run_cli("upscale", work / "in.png", "-o", tmp_path / "o.png", *args) == 1
     assert "No space left on device" in one_line_error(capsys)
     monkeypatch.setattr(store_mod.JobStore, "write", real_write)
     assert run_cli("resume", job, "-q") == 0
     assert run_cli("upscale", work / "in.png", "-o", tmp_path / "ref.png", "--model", work / "model", "--steps", 2,
-                   "-q") == 0
+                   "--batch", "1x1", "-q") == 0
     assert np.array_equal(pixels(tmp_path / "o.png"), pixels(tmp_path / "ref.png"))
 
 

@@ -195,5 +195,5 @@ def test_learned_spec_validation(tmp_path):
 
 def test_default_config_loads():
     cfg = ModelConfig.from_dict(json.loads((REPO / "configs" / "default-model.json").read_text()))
-    assert (cfg.block_size, cfg.patch_size, cfg.hidden, cfg.layers, cfg.vector_dim) == (128, 8, 128, 6, 64)
+    assert (cfg.block_size, cfg.patch_size, cfg.hidden, cfg.layers, cfg.vector_dim) == (64, 8, 128, 4, 32)
     TrainSettings().check(cfg)
