@@ -234,7 +234,7 @@ def test_bad_inputs_give_one_line_and_exit_2(work, tmp_path, capsys, case):
 
 @pytest.mark.parametrize("args,needle", [
     (["--scale", "3"], "scale 3"), (["--steps", "0"], "steps"), (["-o", "/nonexistent-dir/x.png"], "nonexistent-dir"),
-    (["-o", "OUT.bmp"], ".bmp"), (["--model", "/nonexistent-model"], "nonexistent-model"), ([], "default model"),
+    (["-o", "OUT.bmp"], ".bmp"), (["--model", "/nonexistent-model"], "nonexistent-model"),
 ])
 def test_bad_options_give_one_line_and_exit_2(work, tmp_path, capsys, args, needle):
     base = ["upscale", work / "in.png", "-q"]
@@ -393,3 +393,23 @@ def test_frontier_placement_and_budget_do_not_change_the_output(work, tmp_path, 
     assert run_cli("upscale", work / "in.png", "-o", tmp_path / "budget.png", "--model", work / "model",
                    "--steps", 2, "--ram", "2GiB", "-q") == 0
     assert np.abs(pixels(tmp_path / "budget.png").astype(int) - pixels(tmp_path / "ref.png").astype(int)).max() <= 1
+
+
+def test_shipped_default_model_runs_the_main_job(tmp_path):
+    """No --model: the model inside the package, with its recommended settings, upscales x4."""
+    from streamsr.job import default_model_dir
+    from streamsr.weights import model_defaults
+
+    assert (default_model_dir() / "config.json").is_file()
+    settings = model_defaults(default_model_dir())
+    src = tmp_path / "in.png"
+    Image.open(REPO / "examples" / "coffee-256.png").crop((0, 0, 40, 24)).save(src)
+    job = tmp_path / "job"
+    assert run_cli("upscale", src, "-o", tmp_path / "out.png", "--job", job, "-q") == 0
+    out = pixels(tmp_path / "out.png")
+    assert out.shape == (96, 160, 3)
+    m = read_manifest(job)
+    assert m["job"]["steps"] == settings["steps"] and m["job"]["sigma_max"] == settings["sigma_max"]
+    assert m["model"]["config"]["vector_dim"] > 0  # its learned semantic encoder ran
+    bicubic = np.asarray(Image.open(src).resize((160, 96), Image.BICUBIC), dtype=float)
+    assert np.abs(out.astype(float) - bicubic).mean() < 20  # a faithful x4, not noise
