@@ -82,7 +82,6 @@ def test_planner_respects_budgets_and_more_budget_is_never_slower(device_type):
         size = (rng.choice([1, 3, 8, 40]) * cfg.block_size, rng.choice([1, 5, 16, 200]) * cfg.block_size)
         itemsize = rng.choice([2, 4])
         budgets = sorted(rng.choice([1 << 28, 1 << 30, 4 << 30, 8 << 30, 64 << 30, 1 << 40]) for _ in range(2))
-        last = None
         for vram, ram in itertools.product(budgets, budgets):
             try:
                 plan = memory.plan(cfg, itemsize, size, vram, ram, device_type)
@@ -90,8 +89,6 @@ def test_planner_respects_budgets_and_more_budget_is_never_slower(device_type):
                 assert "smallest that would" in str(exc)
                 continue
             assert plan.host_bytes <= ram and (device_type == "cpu" or plan.device_bytes <= vram)
-            if vram == ram == budgets[-1]:
-                last = plan
         bigger = None
         for budget in budgets:  # growing both budgets never gives a slower plan
             try:
@@ -101,7 +98,6 @@ def test_planner_respects_budgets_and_more_budget_is_never_slower(device_type):
             if bigger is not None:
                 assert plan.seconds_per_sweep <= bigger.seconds_per_sweep
             bigger = plan
-        del last
 
 
 def test_budget_error_names_a_budget_that_fits():
