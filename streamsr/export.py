@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BadInput
-from .imageio import (OutputError, _fsync_dir, _one_line, _output_error, _reason, open_writer,
+from .imageio import (OutputError, _fsync_dir, check_writable_dir, _one_line, _output_error, _reason, open_writer,
                       partial_path)
 
 FORMATS = ("png", "tiff", "zarr", "dzi")
@@ -138,12 +138,7 @@ def check_export_path(path: os.PathLike | str, fmt: str | None = None) -> tuple[
         tiles = dzi_files_dir(path)
         if tiles.exists() and not (tiles.is_dir() and _looks_like_dzi_tiles(tiles)):
             raise _bad(path, f"{tiles} exists and is not a DeepZoom tile folder; remove it or choose another name")
-    try:
-        fd, name = tempfile.mkstemp(prefix=".streamsr-write-test-", dir=parent)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as e:
-        raise _bad(path, f"cannot write to directory {parent}: {_reason(e)}") from e
+    check_writable_dir(path, parent)
     return path, fmt
 
 

@@ -996,13 +996,18 @@ def check_output_path(path: os.PathLike | str) -> Path:
         raise _bad(path, f"output directory {parent} does not exist")
     if not parent.is_dir():
         raise _bad(path, f"{parent} is not a directory")
+    check_writable_dir(path, parent)
+    return path
+
+
+def check_writable_dir(path: Path, parent: Path) -> None:
+    """BadInput naming `path` unless a file can be created (and removed) in `parent`."""
     try:
         fd, probe_name = tempfile.mkstemp(prefix=".streamsr-write-test-", dir=parent)
         os.close(fd)
         os.unlink(probe_name)
     except OSError as e:
         raise _bad(path, f"cannot write to directory {parent}: {_reason(e)}") from e
-    return path
 
 
 def _open_temp(path: Path):
