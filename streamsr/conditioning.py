@@ -31,7 +31,30 @@ def lr_window(lr, block: tuple[int, int], cfg: ModelConfig) -> tuple[torch.Tenso
     return pixels, inside
 
 
+class _Region:
+    """A region of an LR array read once, sliced with the whole array's coordinates."""
+
+    def __init__(self, lr, y0: int, y1: int, x0: int, x1: int):
+        self.shape = lr.shape
+        self.y0, self.x0 = y0, x0
+        data = lr[..., y0:y1, x0:x1]
+        self.data = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
+
+    def __getitem__(self, key):
+        _, ys, xs = key  # (..., rows, cols) as lr_window slices
+        return self.data[..., ys.start - self.y0:ys.stop - self.y0, xs.start - self.x0:xs.stop - self.x0]
+
+
 def lr_windows(lr, blocks: list[tuple[int, int]], cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows of N blocks: pixels (B, N, 3, 3L, 3L), inside (N, 3L/lp, 3L/lp)."""
-    pairs = [lr_window(lr, blk, cfg) for blk in blocks]
+    """Windows of N blocks: pixels (B, N, 3, 3L, 3L), inside (N, 3L/lp, 3L/lp).
+
+    The union of the windows is read from `lr` once (one store read per batch, not one per block).
+    """
+    size = cfg.lr_block_size
+    h, w = lr.shape[-2:]
+    rows = [r for r, _ in blocks]
+    cols = [c for _, c in blocks]
+    region = _Region(lr, max((min(rows) - 1) * size, 0), min((max(rows) + 2) * size, h),
+                     max((min(cols) - 1) * size, 0), min((max(cols) + 2) * size, w))
+    pairs = [lr_window(region, blk, cfg) for blk in blocks]
     return torch.stack([p for p, _ in pairs], dim=1), torch.stack([m for _, m in pairs])
