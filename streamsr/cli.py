@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .config import MODES
 from .errors import BadInput, StreamsrError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -37,7 +38,7 @@ def job_config(args: argparse.Namespace):
     from .job import resolve_model_dir
     from .weights import model_defaults
 
-    settings = model_defaults(resolve_model_dir(args.model))
+    settings = model_defaults(resolve_model_dir(args.model), getattr(args, "mode", None))
     for name in ("steps", "sampler", "anchor", "sigma_min", "sigma_max"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
@@ -185,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--job", help="job dir (default: a temporary one beside the output, removed on success)")
     up.add_argument("--keep-job", action="store_true", help="keep the temporary job dir after success")
     up.add_argument("--scale", type=int, default=4, help="4 (native) or 16 (two chained x4 jobs)")
+    up.add_argument("--mode", choices=MODES, default=None,
+                    help="the model's recommended operating point: fidelity (best PSNR/SSIM, the default of "
+                         "the shipped model) or detail (adds plausible fine detail, lower PSNR); --steps, "
+                         "--sampler, --sigma-max, --sigma-min and --anchor override its values")
     up.add_argument("--steps", type=int, default=None,
                     help="EDM sampler steps (default: the model's recommended value, else 20)")
     up.add_argument("--sampler", choices=("heun", "euler"), default=None, help="default: the model's, else heun")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+PARAMETRISATIONS = ("image", "residual")  # what the denoiser D predicts (see ModelConfig.parametrisation)
 SR_SCALE = 4  # the model is a x4 upsampler: HR block side = 4 * LR block side (hard-wired officially)
 
 
@@ -38,7 +39,9 @@ class ModelConfig:
     time_freqs: int = 96  # sinusoid frequencies of the time embedding (features = [cos, sin])
     k_uses_q_norm: bool = True  # official quirk: K is normalised with Q's LayerNorm (k_layer_norm unused)
     norm_eps: float = 1e-6  # eps of every LayerNorm
-    sigma_data: float = 0.5  # EDM preconditioning constant
+    sigma_data: float = 0.5  # EDM preconditioning constant (the scale of what is denoised)
+    parametrisation: str = "image"  # "image": D denoises the image (official); "residual": D denoises
+    #                                  HR - up(LR) around the upsampled LR (DESIGN.md "Model parametrisations")
 
     def __post_init__(self) -> None:
         positive = ("block_size", "patch_size", "hidden", "heads", "layers", "mlp_hidden", "lr_patch",
@@ -61,6 +64,9 @@ class ModelConfig:
                               f"{SR_SCALE} * lr_patch={SR_SCALE * self.lr_patch}")
         if not (self.norm_eps > 0 and self.sigma_data > 0):
             raise ConfigError("ModelConfig.norm_eps and sigma_data must be > 0")
+        if self.parametrisation not in PARAMETRISATIONS:
+            raise ConfigError(f"ModelConfig.parametrisation must be one of {', '.join(PARAMETRISATIONS)}, "
+                              f"got {self.parametrisation!r}")
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property
@@ -122,6 +128,7 @@ SAMPLERS = ("heun", "euler")
 ANCHORS = ("none", "global", "local")
 DTYPES = ("fp32", "bf16")
 SCALES = (4, 16)
+MODES = ("fidelity", "detail")  # a model dir's named operating points (weights.ModelDefaults)
 
 
 @dataclass(frozen=True)

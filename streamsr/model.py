@@ -23,7 +23,7 @@ from .attention import get_kernel
 from .conditioning import lr_windows
 from .config import ModelConfig
 from .planner import Grid, neighbors
-from .sampler import precond
+from .sampler import denoised, network_input, precond
 
 # gather(layer, k, v) -> (k_slots, v_slots): k, v (B, N, T, H, D) of the blocks being computed;
 # returns (B, N, 4, T, H, D) each, slots [self, top-left, left, top].
@@ -160,12 +160,12 @@ class InfDiT(ModelMixin, ConfigMixin):
     def __init__(self, block_size: int = 128, patch_size: int = 4, hidden: int = 1280, heads: int = 16,
                  layers: int = 28, mlp_hidden: int = 5120, lr_patch: int = 2, vector_dim: int = 768,
                  rope_table: int = 1024, time_freqs: int = 96, k_uses_q_norm: bool = True,
-                 norm_eps: float = 1e-6, sigma_data: float = 0.5):
+                 norm_eps: float = 1e-6, sigma_data: float = 0.5, parametrisation: str = "image"):
         super().__init__()
         cfg = ModelConfig(block_size=block_size, patch_size=patch_size, hidden=hidden, heads=heads,
                           layers=layers, mlp_hidden=mlp_hidden, lr_patch=lr_patch, vector_dim=vector_dim,
                           rope_table=rope_table, time_freqs=time_freqs, k_uses_q_norm=k_uses_q_norm,
-                          norm_eps=norm_eps, sigma_data=sigma_data)
+                          norm_eps=norm_eps, sigma_data=sigma_data, parametrisation=parametrisation)
         self.cfg = cfg
         self.patch_embed = nn.Conv2d(6, hidden, kernel_size=patch_size, stride=patch_size)
         self.time_embed = nn.Sequential(nn.Linear(2 * time_freqs, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
@@ -201,14 +201,16 @@ class InfDiT(ModelMixin, ConfigMixin):
         blocks: N (row, col) block coordinates; x, up: (B, N, 3, bs, bs) noisy HR and upsampled LR;
         lr_pixels (B, N, 3, 3L, 3L) and lr_inside (N, 3L/lp, 3L/lp): the LR windows; sigma (B,);
         emb (B, C) from `embedding`; rope_origin: a (row, col) token offset added to every RoPE position
-        (training draws it at random, FACTS.md 1.2). Returns D = c_skip x + c_out F: (B, N, 3, bs, bs) float32.
+        (training draws it at random, FACTS.md 1.2). Returns D (sampler.denoised: c_skip x + c_out F, or its
+        residual form around up): (B, N, 3, bs, bs) float32.
         """
         cfg = self.cfg
         dtype = self.patch_embed.weight.dtype
         b, n = x.shape[:2]
         pc = precond(sigma.float(), cfg.sigma_data)
-        c_in = pc.c_in[:, None, None, None, None]  # (B, 1, 1, 1, 1)
-        inp = (torch.cat([x, up], dim=2).float() * c_in).to(dtype)  # (B, N, 6, bs, bs)
+        c_in, c_skip, c_out = (c[:, None, None, None, None] for c in (pc.c_in, pc.c_skip, pc.c_out))  # (B,1,1,1,1)
+        residual = cfg.parametrisation == "residual"
+        inp = network_input(x, up, c_in, residual=residual).to(dtype)  # (B, N, 6, bs, bs)
         h = self.patch_embed(inp.flatten(0, 1)).flatten(2).transpose(1, 2)  # (B*N, T, C)
         h = h.reshape(b, n, cfg.block_tokens, cfg.hidden)  # (B, N, T, C)
 
@@ -234,8 +236,8 @@ class InfDiT(ModelMixin, ConfigMixin):
             h = layer.mlp(h, m, mod)
             if hidden_out is not None:
                 hidden_out.append(h)
-        f = self.final(h, cond).float()  # (B, N, 3, bs, bs)
-        return pc.c_skip[:, None, None, None, None] * x.float() + pc.c_out[:, None, None, None, None] * f
+        f = self.final(h, cond)  # (B, N, 3, bs, bs)
+        return denoised(x, up, f, c_skip, c_out, residual=residual)  # (B, N, 3, bs, bs) float32
 
     # ---- full-image reference -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, concat_lr: torch.Tensor, lr: torch.Tensor,

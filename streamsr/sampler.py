@@ -35,6 +35,27 @@ def precond(sigma: torch.Tensor, sigma_data: float = 0.5) -> Precond:
                    c_in=1 / total.sqrt(), c_noise=0.25 * sigma.log())
 
 
+def network_input(x: torch.Tensor, up: torch.Tensor, c_in: torch.Tensor, *, residual: bool) -> torch.Tensor:
+    """What the network F sees, concatenated on the channel axis (dim -3): x, up (..., 3, H, W); c_in
+    broadcastable to them. Official (image) parametrisation: [c_in x, c_in up] (FACTS.md 1.1, the LR is
+    scaled too); residual: [c_in (x - up), up] -> (..., 6, H, W) float32."""
+    x, up = x.float(), up.float()
+    if residual:
+        return torch.cat([c_in * (x - up), up], dim=-3)
+    return torch.cat([x, up], dim=-3) * c_in
+
+
+def denoised(x: torch.Tensor, up: torch.Tensor, f: torch.Tensor, c_skip: torch.Tensor, c_out: torch.Tensor, *,
+             residual: bool) -> torch.Tensor:
+    """EDM eq. 7, D = c_skip x + c_out F; residual: D = up + c_skip (x - up) + c_out F, so that F = 0
+    gives up(LR) exactly as sigma -> inf and training only adds to bicubic. float32, shaped like x."""
+    x, f = x.float(), f.float()
+    if residual:
+        up = up.float()
+        return up + c_skip * (x - up) + c_out * f
+    return c_skip * x + c_out * f
+
+
 def karras_sigmas(steps: int = STEPS, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
                   rho: float = RHO) -> torch.Tensor:
     """EDM eq. 5 in float32, with a final 0 appended: (steps + 1,)."""

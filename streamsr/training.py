@@ -89,6 +89,11 @@ class TrainSettings:
     thumb_size: int = THUMB_SIZE  # learned encoder thumbnail side
     encoder_channels: tuple[int, ...] = CHANNELS  # learned encoder conv widths
     max_side: int = 0  # images are downscaled (Lanczos) so their longer side is <= this (0: keep)
+    clean_fraction: float = 0.0  # share of samples whose LR is clean: bicubic x4 down, 8-bit, nothing else
+    fidelity_fraction: float = 0.0  # share of samples trained at sigma = fidelity_sigma (the one-step MMSE point)
+    fidelity_sigma: float = 0.0  # sigma of those samples (> 0 when fidelity_fraction > 0)
+    decay_start: int = 0  # cosine learning-rate decay from this step ... (0: constant after warmup)
+    decay_end: int = 0  # ... to zero at this step (warmup-stable-decay, so a run can be extended until decay_start)
 
     def __post_init__(self) -> None:
         for name in ("batch", "crop", "thumb_size"):
@@ -99,6 +104,12 @@ class TrainSettings:
             raise ValueError("TrainSettings.seed, warmup and max_side must be >= 0")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.grad_clip > 0 and 0 <= self.ema_decay < 1):
             raise ValueError("need lr > 0, weight_decay >= 0, grad_clip > 0 and 0 <= ema_decay < 1")
+        if not (0 <= self.clean_fraction <= 1 and 0 <= self.fidelity_fraction <= 1):
+            raise ValueError("TrainSettings.clean_fraction and fidelity_fraction must be in [0, 1]")
+        if self.fidelity_fraction and not self.fidelity_sigma > 0:
+            raise ValueError("TrainSettings.fidelity_sigma must be > 0 when fidelity_fraction > 0")
+        if self.decay_end and not self.warmup <= self.decay_start < self.decay_end:
+            raise ValueError("need warmup <= decay_start < decay_end for the learning-rate decay")
         if not 0 <= self.lr_dropout <= 1:
             raise ValueError(f"TrainSettings.lr_dropout must be in [0, 1], got {self.lr_dropout}")
         if not (0 < self.blur_sigma[0] <= self.blur_sigma[1] and 0 <= self.noise_sigma[0] <= self.noise_sigma[1]
@@ -255,8 +266,14 @@ def jpeg_roundtrip(x: torch.Tensor, quality: Sequence[int]) -> torch.Tensor:
     return out
 
 
+def quantise_8bit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] values rounded to the 256 levels of an 8-bit file (as a saved LR image is)."""
+    return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+
+
 def degrade(hr: torch.Tensor, gen: torch.Generator, settings: TrainSettings = TrainSettings()) -> torch.Tensor:
-    """HR (B, 3, H, W) in [-1, 1] -> LR (B, 3, H/4, W/4) in [-1, 1]: blur, x4 down, noise, JPEG (per sample)."""
+    """HR (B, 3, H, W) in [-1, 1] -> LR (B, 3, H/4, W/4) in [-1, 1]: blur, x4 down, noise, JPEG (per sample);
+    a `clean_fraction` share of the samples is only x4 down and 8-bit (the clean bicubic benchmark LR)."""
     b = hr.shape[0]
     blur = uniform(gen, b, *settings.blur_sigma)  # (B,) HR px
     noise = uniform(gen, b, *settings.noise_sigma)  # (B,)
@@ -265,7 +282,11 @@ def degrade(hr: torch.Tensor, gen: torch.Generator, settings: TrainSettings = Tr
     radius = max(1, math.ceil(3 * settings.blur_sigma[1]))
     lr = downsample_x4(gaussian_blur(hr.float(), blur, radius))  # (B, 3, h, w)
     lr = lr + noise[:, None, None, None] * eps
-    return jpeg_roundtrip(lr, quality.tolist())
+    lr = jpeg_roundtrip(lr, quality.tolist())
+    if settings.clean_fraction:  # drawn last, so runs without clean samples keep their random stream
+        clean = torch.rand(b, generator=gen) < settings.clean_fraction  # (B,)
+        lr = torch.where(clean[:, None, None, None], quantise_8bit(downsample_x4(hr.float())), lr)
+    return lr
 
 
 def lr_dropout(lr: torch.Tensor, concat_lr: torch.Tensor, p: float, gen: torch.Generator):
@@ -326,7 +347,11 @@ def draw_noise(gen: torch.Generator, shape: Sequence[int], cfg: ModelConfig,
     """sigma, eps and the RoPE origin for a batch of HR images of `shape` (B, 3, H, W)."""
     sigma = sample_sigma(shape[0], gen, settings.p_mean, settings.p_std, settings.sigma_floor)
     eps = torch.randn(tuple(shape), generator=gen)
-    return Noise(sigma, eps, draw_rope_origin(gen, cfg, shape[-1]))
+    origin = draw_rope_origin(gen, cfg, shape[-1])
+    if settings.fidelity_fraction:  # drawn last, so runs without it keep their random stream
+        at_fidelity = torch.rand(shape[0], generator=gen) < settings.fidelity_fraction  # (B,)
+        sigma = torch.where(at_fidelity, torch.full_like(sigma, settings.fidelity_sigma), sigma)
+    return Noise(sigma, eps, origin)
 
 
 def loss_weight(sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
@@ -387,7 +412,11 @@ def init_encoder(cfg: ModelConfig, settings: TrainSettings) -> SemanticNet | Non
 
 
 def learning_rate(step: int, settings: TrainSettings) -> float:
-    """Linear warmup to settings.lr over settings.warmup steps, then constant; `step` counts from 0."""
+    """Linear warmup to settings.lr over settings.warmup steps, constant, then (when decay_end > 0) a
+    cosine decay from decay_start to 0 at decay_end; `step` counts from 0."""
+    if settings.decay_end and step >= settings.decay_start:
+        t = min(1.0, (step - settings.decay_start) / (settings.decay_end - settings.decay_start))
+        return settings.lr * 0.5 * (1 + math.cos(math.pi * t))
     return settings.lr * min(1.0, (step + 1) / settings.warmup) if settings.warmup else settings.lr
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError, ModelConfig
+from .config import MODES, ConfigError, ModelConfig
 from .errors import BadInput
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' SAFETENSORS_WEIGHTS_NAME
@@ -76,15 +77,67 @@ DEFAULTS_NAME = "streamsr_defaults.json"  # a model's recommended sampling setti
 DEFAULT_FIELDS = ("steps", "sampler", "anchor", "sigma_min", "sigma_max", "rho")
 
 
-def model_defaults(path: str | Path) -> dict:
-    """The JobConfig fields a model dir recommends ({} if it names none); BadInput for a bad file."""
+@dataclass(frozen=True)
+class ModelDefaults:
+    """A model dir's recommended sampling settings (streamsr_defaults.json).
+
+    Two forms are read: flat ({"steps": 2, "sigma_max": 0.02, ...}: one unnamed setting, the form of
+    earlier model dirs) and named operating points ({"mode": "fidelity", "modes": {"fidelity": {...},
+    "detail": {...}}}): `fidelity` is the MMSE-like estimate (best PSNR/SSIM), `detail` a schedule that
+    adds plausible fine detail at some cost in PSNR.
+    """
+
+    flat: dict = field(default_factory=dict)  # settings of a flat file
+    modes: dict = field(default_factory=dict)  # mode name -> settings
+    default_mode: str | None = None  # the mode used when none is asked for
+
+    def settings(self, mode: str | None = None, *, where: str = "the model dir") -> dict:
+        """The JobConfig fields of `mode` (None: the model's default); BadInput for a mode it lacks."""
+        if mode is None:
+            return dict(self.modes[self.default_mode]) if self.default_mode else dict(self.flat)
+        if mode not in MODES:
+            raise BadInput(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode not in self.modes:
+            have = ", ".join(self.modes) or "none"
+            raise BadInput(f"{where} recommends no settings for --mode {mode} (its modes: {have}); "
+                           f"give --steps/--sigma-max/--sampler instead")
+        return dict(self.modes[mode])
+
+    def to_json(self) -> dict:
+        if not self.modes:
+            return dict(self.flat)
+        return {"mode": self.default_mode, "modes": {k: dict(v) for k, v in self.modes.items()}}
+
+
+def _check_settings(data, file: Path, what: str) -> dict:
+    if not isinstance(data, dict) or set(data) - set(DEFAULT_FIELDS):
+        raise BadInput(f"{file}: {what} may only set {', '.join(DEFAULT_FIELDS)}")
+    return data
+
+
+def read_model_defaults(path: str | Path) -> ModelDefaults:
+    """The model dir's ModelDefaults (empty if it has no streamsr_defaults.json); BadInput for a bad file."""
     file = Path(path) / DEFAULTS_NAME
     if not file.is_file():
-        return {}
+        return ModelDefaults()
     try:
         data = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadInput(f"cannot read {file}: {exc}") from None
-    if not isinstance(data, dict) or set(data) - set(DEFAULT_FIELDS):
-        raise BadInput(f"{file} may only set {', '.join(DEFAULT_FIELDS)}")
-    return data
+    if not isinstance(data, dict):
+        raise BadInput(f"{file} must hold a JSON object")
+    if "modes" not in data:
+        return ModelDefaults(flat=_check_settings(data, file, "the file"))
+    modes, default = data["modes"], data.get("mode")
+    if set(data) - {"mode", "modes"} or not isinstance(modes, dict) or not modes or set(modes) - set(MODES):
+        raise BadInput(f"{file} must be {{\"mode\": NAME, \"modes\": {{NAME: settings}}}} with NAME in "
+                       f"{', '.join(MODES)}")
+    if default not in modes:
+        raise BadInput(f"{file}: the default mode {default!r} is not one of its modes ({', '.join(modes)})")
+    return ModelDefaults(modes={k: _check_settings(v, file, f"mode {k}") for k, v in modes.items()},
+                         default_mode=default)
+
+
+def model_defaults(path: str | Path, mode: str | None = None) -> dict:
+    """The JobConfig fields a model dir recommends for `mode` (None: its default; {} if it names none)."""
+    return read_model_defaults(path).settings(mode, where=str(path))

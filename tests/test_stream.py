@@ -24,6 +24,9 @@ CONFIGS = {
                                               block_size=16, patch_size=4, lr_patch=1, rope_table=8),
     "wide-patch": ModelConfig.tiny(block_size=48, patch_size=12, hidden=24, heads=1, layers=3, lr_patch=3,
                                    rope_table=5),
+    # streamsr's own parametrisation: D denoises HR - up(LR) around the upsampled LR (DESIGN.md)
+    "residual": ModelConfig.tiny(parametrisation="residual", sigma_data=0.07, block_size=16, patch_size=4,
+                                 lr_patch=1, heads=4, rope_table=6),
 }
 GRIDS = [(r, c) for r in range(1, 5) for c in range(1, 6)]  # every grid from 1x1 to 4x5
 

@@ -19,8 +19,10 @@ from streamsr.config import ModelConfig
 from streamsr.errors import BadInput
 from streamsr.learned_encoder import SemanticNet, save_encoder
 from streamsr.training import (CropSampler, Noise, Trainer, TrainSettings, degrade, draw_noise, edm_loss,
-                               list_images, lr_dropout, make_batch, step_generator, train_thumbnail)
+                               downsample_x4, learning_rate, list_images, lr_dropout, make_batch,
+                               quantise_8bit, step_generator, train_thumbnail)
 from streamsr.upsample import upsample_full
+from streamsr.weights import read_model_config
 
 CFG = ModelConfig.tiny(vector_dim=16)  # 32 px blocks, patch 8
 SETTINGS = TrainSettings(batch=2, crop=64, warmup=0, lr=1e-3, thumb_size=32, encoder_channels=(8, 16))
@@ -195,5 +197,67 @@ def test_learned_spec_validation(tmp_path):
 
 def test_default_config_loads():
     cfg = ModelConfig.from_dict(json.loads((REPO / "configs" / "default-model.json").read_text()))
-    assert (cfg.block_size, cfg.patch_size, cfg.hidden, cfg.layers, cfg.vector_dim) == (64, 8, 128, 4, 32)
+    # the recipe's config is the shipped default model's: patch 4 (one token per LR pixel), residual mode
+    assert (cfg.block_size, cfg.patch_size, cfg.parametrisation) == (64, 4, "residual")
+    assert cfg == read_model_config(REPO / "streamsr" / "models" / "default")
     TrainSettings().check(cfg)
+
+
+def test_clean_fraction_gives_the_benchmark_lr(sampler):
+    """clean_fraction = 1: every LR is exactly bicubic x4 down + 8-bit (the clean evaluation LR)."""
+    hr = sampler.sample(3, torch.Generator().manual_seed(0))
+    clean = degrade(hr, torch.Generator().manual_seed(7), TrainSettings(crop=64, clean_fraction=1.0))
+    assert torch.equal(clean, quantise_8bit(downsample_x4(hr)))
+    mixed = degrade(hr, torch.Generator().manual_seed(7), TrainSettings(crop=64, clean_fraction=0.0))
+    assert not torch.equal(mixed, clean)
+    # the default recipe draws nothing extra: old runs keep their random stream
+    assert torch.equal(mixed, degrade(hr, torch.Generator().manual_seed(7), TrainSettings(crop=64)))
+
+
+def test_fidelity_fraction_sets_sigma():
+    shape = (4000, 3, 8, 8)
+    st = TrainSettings(crop=64, fidelity_fraction=0.5, fidelity_sigma=1.5)
+    noise = draw_noise(torch.Generator().manual_seed(0), shape, CFG, st)
+    at = noise.sigma == 1.5
+    assert abs(at.float().mean().item() - 0.5) < 0.04
+    plain = draw_noise(torch.Generator().manual_seed(0), shape, CFG, TrainSettings(crop=64))
+    assert torch.equal(noise.sigma[~at], plain.sigma[~at]) and torch.equal(noise.eps, plain.eps)
+    with pytest.raises(ValueError, match="fidelity_sigma"):
+        TrainSettings(fidelity_fraction=0.5)
+
+
+def test_learning_rate_schedule_warmup_stable_decay():
+    st = TrainSettings(lr=1e-3, warmup=10, decay_start=100, decay_end=200)
+    assert learning_rate(0, st) == pytest.approx(1e-4)
+    assert learning_rate(50, st) == learning_rate(99, st) == 1e-3
+    assert learning_rate(150, st) == pytest.approx(5e-4)
+    assert learning_rate(200, st) == learning_rate(500, st) == 0.0
+    lrs = [learning_rate(t, st) for t in range(100, 201)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert learning_rate(10 ** 6, TrainSettings(lr=1e-3, warmup=10)) == 1e-3  # no decay by default
+    with pytest.raises(ValueError, match="decay"):
+        TrainSettings(warmup=10, decay_start=5, decay_end=20)
+
+
+def test_residual_model_trains_from_bicubic(sampler):
+    """A fresh residual model is exactly bicubic at the fidelity point, and a few steps lower its loss."""
+    cfg = ModelConfig.tiny(vector_dim=16, parametrisation="residual", sigma_data=0.05)
+    st = TrainSettings(batch=2, crop=64, warmup=0, lr=3e-3, thumb_size=32, encoder_channels=(8, 16),
+                       lr_dropout=0.0, clean_fraction=0.5, fidelity_fraction=0.5, fidelity_sigma=1.0)
+    trainer = Trainer(cfg, st)
+    hr = sampler.sample(1, torch.Generator().manual_seed(5)).expand(2, -1, -1, -1).contiguous()
+    batch = make_batch(hr, torch.Generator().manual_seed(6), st)
+    fixed = Noise(torch.tensor([1.0, 1.0]), torch.zeros(hr.shape), (0, 0))
+    with torch.no_grad():
+        d = trainer.model(batch.concat_lr, fixed.sigma, batch.concat_lr, batch.lr,
+                          trainer.encoder(train_thumbnail(batch.lr, 32)))
+    assert torch.equal(d, batch.concat_lr)  # F = 0 at init: D(up) = up(LR), i.e. bicubic
+
+    def eval_loss() -> float:
+        with torch.no_grad():
+            return float(edm_loss(trainer.model, trainer.encoder, batch, fixed, 32)[0])
+
+    before = eval_loss()
+    for step in range(20):
+        trainer.train_step(batch, draw_noise(step_generator(0, step, "noise"), hr.shape, cfg, st))
+    assert eval_loss() < 0.8 * before

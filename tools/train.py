@@ -17,6 +17,7 @@ left to train).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import signal
@@ -33,7 +34,9 @@ from streamsr.errors import StreamsrError  # noqa: E402
 from streamsr.training import (CropSampler, Trainer, TrainSettings, bin_labels, find_checkpoint,  # noqa: E402
                                list_images, sigma_bin)
 
-RECIPE = ("batch", "crop", "lr", "warmup", "seed", "max_side")  # CLI options that are TrainSettings fields
+RECIPE = ("batch", "crop", "lr", "warmup", "seed", "max_side", "clean_fraction", "fidelity_fraction",
+          "fidelity_sigma", "p_mean", "p_std", "lr_dropout", "ema_decay")  # CLI options that are TrainSettings fields
+SCHEDULE = ("decay_start", "decay_end")  # TrainSettings fields a resumed run may change (future steps only)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,6 +53,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="init and data/noise stream seed (default 0)")
     p.add_argument("--max-side", dest="max_side", type=int,
                    help="downscale images so their longer side is <= this on load (default 0: keep)")
+    p.add_argument("--clean-fraction", dest="clean_fraction", type=float,
+                   help="share of samples with clean LR: bicubic x4 down + 8-bit only (default 0)")
+    p.add_argument("--fidelity-fraction", dest="fidelity_fraction", type=float,
+                   help="share of samples trained at --fidelity-sigma, the one-step operating point (default 0)")
+    p.add_argument("--fidelity-sigma", dest="fidelity_sigma", type=float, help="sigma of those samples")
+    p.add_argument("--p-mean", dest="p_mean", type=float, help="log-normal training sigma: mean of ln sigma (-1.0)")
+    p.add_argument("--p-std", dest="p_std", type=float, help="log-normal training sigma: std of ln sigma (1.4)")
+    p.add_argument("--lr-dropout", dest="lr_dropout", type=float, help="LR dropout probability (default 0.07)")
+    p.add_argument("--ema-decay", dest="ema_decay", type=float, help="EMA decay (default 0.999)")
+    p.add_argument("--decay-start", dest="decay_start", type=int,
+                   help="cosine learning-rate decay starts at this step (may change on --resume)")
+    p.add_argument("--decay-end", dest="decay_end", type=int, help="... and reaches 0 at this step (0: no decay)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (bf16 autocast on CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -77,6 +92,9 @@ def build_trainer(args, device) -> Trainer:
             raise SystemExit(f"--resume continues the checkpoint's recipe; these options differ from it: {listed}")
         if args.config and ModelConfig.from_dict(json.loads(Path(args.config).read_text())) != trainer.cfg:
             raise SystemExit(f"--config {args.config} differs from the checkpoint's model config")
+        schedule = {k: getattr(args, k) for k in SCHEDULE if getattr(args, k) is not None}
+        if schedule:
+            trainer.settings = dataclasses.replace(trainer.settings, **schedule)
         print(f"resumed {ckpt} at step {trainer.step_count}", flush=True)
         return trainer
     if (ckpt / "train_state.json").is_file():
@@ -84,6 +102,7 @@ def build_trainer(args, device) -> Trainer:
     if not args.config:
         raise SystemExit("--config is required (unless --resume)")
     cfg = ModelConfig.from_dict(json.loads(Path(args.config).read_text()))
+    given.update({k: getattr(args, k) for k in SCHEDULE if getattr(args, k) is not None})
     return Trainer(cfg, TrainSettings(**given), device)
 
 
