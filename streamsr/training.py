@@ -89,6 +89,7 @@ class TrainSettings:
     thumb_size: int = THUMB_SIZE  # learned encoder thumbnail side
     encoder_channels: tuple[int, ...] = CHANNELS  # learned encoder conv widths
     max_side: int = 0  # images are downscaled (Lanczos) so their longer side is <= this (0: keep)
+    scales: tuple[int, ...] = ()  # the images are also loaded with longer side <= each of these (equal shares)
     clean_fraction: float = 0.0  # share of samples whose LR is clean: bicubic x4 down, 8-bit, nothing else
     fidelity_fraction: float = 0.0  # share of samples trained at sigma = fidelity_sigma (the one-step MMSE point)
     fidelity_sigma: float = 0.0  # sigma of those samples (> 0 when fidelity_fraction > 0)
@@ -100,6 +101,8 @@ class TrainSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"TrainSettings.{name} must be a positive integer, got {value!r}")
+        if any(not isinstance(v, int) or v <= 0 for v in self.scales):
+            raise ValueError(f"TrainSettings.scales must be positive sizes, got {self.scales!r}")
         if self.seed < 0 or self.warmup < 0 or self.max_side < 0:
             raise ValueError("TrainSettings.seed, warmup and max_side must be >= 0")
         if not (self.lr > 0 and self.weight_decay >= 0 and self.grad_clip > 0 and 0 <= self.ema_decay < 1):
@@ -205,19 +208,36 @@ class CropSampler:
     position of the dataset is about equally likely); images smaller than the crop are skipped.
     """
 
-    def __init__(self, images: Sequence[np.ndarray], crop: int, names: Sequence[str] | None = None):
+    def __init__(self, images: Sequence[np.ndarray], crop: int, names: Sequence[str] | None = None,
+                 groups: Sequence[int] | None = None):
         self.crop = crop
         keep = [i for i, im in enumerate(images) if im.shape[0] >= crop and im.shape[1] >= crop]
         self.skipped = [names[i] if names else str(i) for i in range(len(images)) if i not in set(keep)]
         self.images = [images[i] for i in keep]
         if not self.images:
             raise BadInput(f"no training image is at least {crop}x{crop} px")
-        self.weights = torch.tensor([float((im.shape[0] - crop + 1) * (im.shape[1] - crop + 1))
-                                     for im in self.images], dtype=torch.float64)  # (n_images,)
+        positions = torch.tensor([float((im.shape[0] - crop + 1) * (im.shape[1] - crop + 1))
+                                  for im in self.images], dtype=torch.float64)  # (n_images,)
+        if groups is not None:  # every group (one scale of the dataset) gets the same share of the crops
+            group = torch.tensor([groups[i] for i in keep])  # (n_images,)
+            totals = torch.zeros(int(group.max()) + 1, dtype=torch.float64).index_add_(0, group, positions)
+            positions = positions / totals[group]
+        self.weights = positions
 
     @classmethod
-    def from_paths(cls, paths: Sequence[Path], crop: int, max_side: int = 0) -> "CropSampler":
-        return cls([load_image(p, max_side) for p in paths], crop, [str(p) for p in paths])
+    def from_paths(cls, paths: Sequence[Path], crop: int, max_side: int = 0,
+                   scales: Sequence[int] = ()) -> "CropSampler":
+        """Every image at max_side, and again at each of `scales` (longer side <= that); with scales,
+        each scale is one group that gets an equal share of the crops (fine and whole-scene textures)."""
+        if not scales:
+            return cls([load_image(p, max_side) for p in paths], crop, [str(p) for p in paths])
+        images, names, groups = [], [], []
+        for g, side in enumerate((max_side, *scales)):
+            for p in paths:
+                images.append(load_image(p, side))
+                names.append(f"{p}@{side}")
+                groups.append(g)
+        return cls(images, crop, names, groups)
 
     def sample(self, batch: int, gen: torch.Generator) -> torch.Tensor:
         """(B, 3, crop, crop) float32 in [-1, 1]."""

@@ -398,7 +398,7 @@ def test_frontier_placement_and_budget_do_not_change_the_output(work, tmp_path, 
 def test_shipped_default_model_runs_the_main_job(tmp_path):
     """No --model: the model inside the package, with its recommended settings, upscales x4."""
     from streamsr.job import default_model_dir
-    from streamsr.weights import model_defaults
+    from streamsr.weights import model_defaults, read_model_defaults
 
     assert (default_model_dir() / "config.json").is_file()
     settings = model_defaults(default_model_dir())
@@ -413,3 +413,14 @@ def test_shipped_default_model_runs_the_main_job(tmp_path):
     assert m["model"]["config"]["vector_dim"] > 0  # its learned semantic encoder ran
     bicubic = np.asarray(Image.open(src).resize((160, 96), Image.BICUBIC), dtype=float)
     assert np.abs(out.astype(float) - bicubic).mean() < 20  # a faithful x4, not noise
+    # the two named operating points: the default is fidelity; --mode detail takes the detail schedule,
+    # and explicit flags still override a mode's values
+    defaults = read_model_defaults(default_model_dir())
+    assert defaults.default_mode == "fidelity" and set(defaults.modes) == {"fidelity", "detail"}
+    assert settings == defaults.settings("fidelity")
+    detail = defaults.settings("detail")
+    assert run_cli("upscale", src, "-o", tmp_path / "detail.png", "--job", tmp_path / "jd", "--mode", "detail",
+                   "--steps", 1, "-q") == 0
+    m = read_manifest(tmp_path / "jd")
+    assert m["job"]["sigma_max"] == detail["sigma_max"] and m["job"]["steps"] == 1
+    assert pixels(tmp_path / "detail.png").shape == out.shape

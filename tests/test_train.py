@@ -261,3 +261,17 @@ def test_residual_model_trains_from_bicubic(sampler):
     for step in range(20):
         trainer.train_step(batch, draw_noise(step_generator(0, step, "noise"), hr.shape, cfg, st))
     assert eval_loss() < 0.8 * before
+
+
+def test_scales_share_the_crops_equally(image_dir):
+    """With scales, each scale of the dataset is one group that gets the same share of the crops."""
+    paths = list_images(image_dir)
+    plain = CropSampler.from_paths(paths, 32)
+    multi = CropSampler.from_paths(paths, 32, 0, scales=(64,))
+    assert len(multi.images) == 2 * len(plain.images)
+    assert max(max(im.shape[:2]) for im in multi.images[len(plain.images):]) <= 64
+    w = multi.weights / multi.weights.sum()
+    assert float(w[:len(plain.images)].sum()) == pytest.approx(0.5)
+    assert torch.equal(CropSampler.from_paths(paths, 32, 0, scales=()).weights, plain.weights)
+    with pytest.raises(ValueError, match="scales"):
+        TrainSettings(scales=(0,))

@@ -34,7 +34,7 @@ from streamsr.errors import StreamsrError  # noqa: E402
 from streamsr.training import (CropSampler, Trainer, TrainSettings, bin_labels, find_checkpoint,  # noqa: E402
                                list_images, sigma_bin)
 
-RECIPE = ("batch", "crop", "lr", "warmup", "seed", "max_side", "clean_fraction", "fidelity_fraction",
+RECIPE = ("batch", "crop", "lr", "warmup", "seed", "max_side", "scales", "clean_fraction", "fidelity_fraction",
           "fidelity_sigma", "p_mean", "p_std", "lr_dropout", "ema_decay")  # CLI options that are TrainSettings fields
 SCHEDULE = ("decay_start", "decay_end")  # TrainSettings fields a resumed run may change (future steps only)
 
@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="init and data/noise stream seed (default 0)")
     p.add_argument("--max-side", dest="max_side", type=int,
                    help="downscale images so their longer side is <= this on load (default 0: keep)")
+    p.add_argument("--scales", type=lambda t: tuple(int(v) for v in t.split(",")),
+                   help="also load every image with its longer side <= each of these, e.g. 1024,512 (each "
+                        "scale gets an equal share of the crops)")
     p.add_argument("--clean-fraction", dest="clean_fraction", type=float,
                    help="share of samples with clean LR: bicubic x4 down + 8-bit only (default 0)")
     p.add_argument("--fidelity-fraction", dest="fidelity_fraction", type=float,
@@ -86,7 +89,8 @@ def build_trainer(args, device) -> Trainer:
     if args.resume:
         trainer = Trainer.from_checkpoint(find_checkpoint(ckpt), device)
         current = trainer.settings.to_dict()
-        differ = {k: (current[k], v) for k, v in given.items() if current[k] != v}
+        differ = {k: (current[k], v) for k, v in given.items()
+                  if current[k] != (list(v) if isinstance(v, tuple) else v)}
         if differ:
             listed = ", ".join(f"--{k.replace('_', '-')} {v} (checkpoint: {c})" for k, (c, v) in differ.items())
             raise SystemExit(f"--resume continues the checkpoint's recipe; these options differ from it: {listed}")
@@ -133,7 +137,7 @@ def main(argv=None) -> int:
         trainer.extra = {"data": str(Path(data).resolve()), "data_fingerprint": fingerprint, "images": len(paths),
                          "args": dict(vars(args))}
         t0 = time.monotonic()
-        sampler = CropSampler.from_paths(paths, s.crop, s.max_side)
+        sampler = CropSampler.from_paths(paths, s.crop, s.max_side, s.scales)
         mb = sum(im.nbytes for im in sampler.images) / 2 ** 20
         print(f"data: {len(sampler.images)} images ({mb:.0f} MiB uint8) from {data} in {time.monotonic() - t0:.1f}s"
               + (f", skipped {len(sampler.skipped)} smaller than {s.crop}px" if sampler.skipped else ""), flush=True)
