@@ -20,7 +20,7 @@ def __getattr__(name: str):
 
         return ModelConfig
     if name == "InfDiT":
-        from .model import InfDiT
+        from .core.model import InfDiT
 
         return InfDiT
     raise AttributeError(f"module 'streamsr' has no attribute {name!r}")

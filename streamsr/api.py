@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from .engine import SweepStats, denoise_stream
-from .model import InfDiT
-from .noise import image_noise
-from .planner import BatchShape, Grid
-from .sampler import SIGMA_MAX, SIGMA_MIN, karras_sigmas, lr_noise_init, sample_loop
-from .upsample import upsample_full
+from .stream.engine import SweepStats, denoise_stream
+from .core.model import InfDiT
+from .core.noise import image_noise
+from .stream.planner import BatchShape, Grid
+from .core.sampler import SIGMA_MAX, SIGMA_MIN, karras_sigmas, lr_noise_init, sample_loop
+from .core.resample import upsample_full
 from .weights import load_model_dir
 
 MODES = ("full", "stream")
@@ -51,18 +51,19 @@ def denoise(model: InfDiT, x: torch.Tensor, sigma, *, lr: torch.Tensor, vector: 
 def sample(model: InfDiT, lr: torch.Tensor, *, vector: torch.Tensor | None, steps: int = 20,
            sampler: str = "heun", init_noise: torch.Tensor | None = None, seed: int = 0, mode: str = "full",
            batch=(1, 1), backend: str = "sdpa", sigma_min: float = SIGMA_MIN,
-           sigma_max: float = SIGMA_MAX) -> torch.Tensor:
+           sigma_max: float = SIGMA_MAX, noise_init: bool = True) -> torch.Tensor:
     """EDM sampling of the x4 image of `lr` (B, 3, h, w) in memory: (B, 3, 4h, 4w) float32, unclamped.
 
     x_T = up(LR) + sigma_max * eps, with eps = init_noise if given (parity with the official kits),
-    else drawn per block from (seed, block), so it does not depend on the batch shape or order.
+    else drawn per block from (seed, block), so it does not depend on the batch shape or order; with
+    noise_init=False, x_T = up(LR) (a residual model's deterministic fidelity estimate).
     """
     up = upsample_full(lr)  # (B, 3, 4h, 4w)
     if init_noise is None:
         grid = Grid.for_image(up.shape[-2], up.shape[-1], model.cfg.block_size)
         init_noise = image_noise(seed, grid.rows, grid.cols, model.cfg.block_size, batch=up.shape[0])
     sigmas = karras_sigmas(steps, sigma_min, sigma_max)
-    x = lr_noise_init(up, init_noise.to(up), float(sigmas[0]))
+    x = lr_noise_init(up, init_noise.to(up), float(sigmas[0])) if noise_init else up
 
     def call(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
         return denoise(model, x_t, sigma, lr=lr, vector=vector, concat_lr=up, mode=mode, batch=batch,

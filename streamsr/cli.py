@@ -23,7 +23,7 @@ def cmd_convert_infdit(args: argparse.Namespace) -> int:
 
 
 def parse_batch(text: str) -> tuple[int, int]:
-    from .planner import BatchShape
+    from .stream.planner import BatchShape
 
     try:
         shape = BatchShape.parse(text)
@@ -35,7 +35,7 @@ def parse_batch(text: str) -> tuple[int, int]:
 def job_config(args: argparse.Namespace):
     """JobConfig from: the flags given, else the model dir's recommended settings, else the defaults."""
     from .config import ConfigError, JobConfig
-    from .job import resolve_model_dir
+    from .jobs.run import resolve_model_dir
     from .weights import model_defaults
 
     settings = model_defaults(resolve_model_dir(args.model), getattr(args, "mode", None))
@@ -53,7 +53,7 @@ def job_config(args: argparse.Namespace):
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from .upscale import upscale
+    from .jobs.flows import upscale
 
     upscale(args.input, args.output, model_dir=args.model, job_dir=args.job, cfg=job_config(args), scale=args.scale,
             keep_job=args.keep_job, progress=not args.quiet, auto_batch=args.batch is None,
@@ -62,7 +62,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def parse_size_arg(text: str) -> int:
-    from .memory import parse_size
+    from .stream.memory import parse_size
 
     try:
         return parse_size(text)
@@ -83,14 +83,14 @@ def parse_wxh(text: str) -> tuple[int, int]:
 def cmd_plan(args: argparse.Namespace) -> int:
     import torch
 
-    from .job import plan_dict, plan_memory, resolve_model_dir
-    from .store import Geometry
-    from .upscale import plan_lines
+    from .jobs.run import plan_dict, plan_memory, resolve_model_dir
+    from .jobs.store import Geometry
+    from .jobs.flows import plan_lines
     from .weights import read_model_config
 
     mcfg = read_model_config(resolve_model_dir(args.model))
     if args.input:
-        from .imageio import probe
+        from .io.imageio import probe
 
         info = probe(args.input, stream=True)  # the header only, no pixels decoded
         lr_w, lr_h = info.width, info.height
@@ -111,14 +111,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .upscale import resume
+    from .jobs.flows import resume
 
     resume(args.job, model_dir=args.model, progress=not args.quiet)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .upscale import status_lines
+    from .jobs.flows import status_lines
 
     for line in status_lines(args.job):
         print(line)
@@ -126,7 +126,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_job
+    from .io.export import export_job
 
     path = export_job(args.job, args.output, args.format, compression=args.compression, quality=args.quality,
                       tile_format=args.tile_format, ngff=args.ngff)
@@ -135,7 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from .viewer import main as view_main
+    from .viewer.server import main as view_main
 
     return view_main(args)
 

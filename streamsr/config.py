@@ -144,6 +144,8 @@ class JobConfig:
     sigma_min: float = 0.002  # Karras schedule ends (official values)
     sigma_max: float = 40.0
     rho: float = 7.0
+    noise_init: bool = True  # x_T = up(LR) + sigma_max * eps (official); False: x_T = up(LR), the deterministic
+    #                          one-step estimate of a residual model at its fidelity point (no noise input)
     device: str = "cpu"  # "cpu" or "cuda"
     dtype: str = "fp32"  # "fp32" or "bf16"
     backend: str = "sdpa"  # attention kernel: "sdpa", "reference" or "xformers"
@@ -167,6 +169,8 @@ class JobConfig:
             raise ConfigError(f"anchor must be one of {', '.join(ANCHORS)}, got {self.anchor!r}")
         if not 0 < self.sigma_min < self.sigma_max:
             raise ConfigError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        if not isinstance(self.noise_init, bool):
+            raise ConfigError(f"noise_init must be true or false, got {self.noise_init!r}")
         if self.rho <= 0:
             raise ConfigError(f"rho must be > 0, got {self.rho}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -201,7 +201,7 @@ def map_state(state: dict[str, torch.Tensor], cfg: ModelConfig, expected: dict[s
 
 def check_rope_buffers(state: dict[str, torch.Tensor], cfg: ModelConfig, report: ConversionReport) -> None:
     """Compare the checkpoint's RoPE table (if stored) with the rebuilt one on a sample of positions."""
-    from .rope import rope_angles
+    from .core.rope import rope_angles
 
     cos_key, sin_key = ADALN + "rope.freqs_cos", ADALN + "rope.freqs_sin"
     if (cos_key in state) != (sin_key in state):
@@ -231,7 +231,7 @@ def check_rope_buffers(state: dict[str, torch.Tensor], cfg: ModelConfig, report:
 def convert_infdit(src: str | Path, out_dir: str | Path, rope_table: int | None = None,
                    k_uses_q_norm: bool = True, dtype: torch.dtype | None = torch.float32) -> ConversionReport:
     """Convert an official checkpoint into a model dir; returns what was mapped and ignored."""
-    from .model import InfDiT
+    from .core.model import InfDiT
     from .weights import save_model_dir
 
     out_dir = Path(out_dir)

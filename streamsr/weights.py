@@ -40,7 +40,7 @@ def read_model_config(path: str | Path) -> ModelConfig:
 
 def load_model_dir(path: str | Path):
     """An InfDiT from a model dir, offline, in float32 on the CPU."""
-    from .model import InfDiT
+    from .core.model import InfDiT
 
     from diffusers.utils import logging as diffusers_logging
 
@@ -74,7 +74,7 @@ def model_hash(path: str | Path) -> str:
 
 
 DEFAULTS_NAME = "streamsr_defaults.json"  # a model's recommended sampling settings (JobConfig fields)
-DEFAULT_FIELDS = ("steps", "sampler", "anchor", "sigma_min", "sigma_max", "rho")
+DEFAULT_FIELDS = ("steps", "sampler", "anchor", "sigma_min", "sigma_max", "rho", "noise_init")
 
 
 @dataclass(frozen=True)

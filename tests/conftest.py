@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from streamsr.config import ModelConfig
-from streamsr.model import InfDiT
+from streamsr.core.model import InfDiT
 
 # The tests run tiny tensors: one intra-op thread is many times faster than two fighting over 2 cores.
 torch.set_num_threads(1)

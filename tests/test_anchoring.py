@@ -1,4 +1,4 @@
-"""Tests of streamsr.anchoring: streamed moments == whole-image moments, per-block low-pass == whole-image."""
+"""Tests of streamsr.core.anchoring: streamed moments == whole-image moments, per-block low-pass == whole-image."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamsr.anchoring import (
+from streamsr.core.anchoring import (
     ANCHOR_MODES,
     LOCAL_SIGMA,
     Moments,
@@ -25,7 +25,7 @@ from streamsr.anchoring import (
     lowpass_region,
     merge,
 )
-from streamsr.upsample import upsample_full, upsample_region
+from streamsr.core.resample import upsample_full, upsample_region
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from streamsr import api
 from streamsr.cli import main
 from streamsr.convert import convert_infdit
 from streamsr.errors import BadInput
-from streamsr.rope import rope_angles
+from streamsr.core.rope import rope_angles
 from streamsr.weights import WEIGHTS_NAME, load_model_dir, model_hash
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""streamsr.export and the streaming readers of streamsr.imageio: pyramids, formats, bounded memory.
+"""streamsr.io.export and the streaming readers of streamsr.io.imageio: pyramids, formats, bounded memory.
 
 The big case is a 9500 x 9500 RGB output (90.25 MP, above Pillow's 89.5 MP limit) in a zarr array
 padded to 9600 x 9600 like a job's; it is exported to TIFF, OME-Zarr and DZI by child processes
@@ -23,10 +23,10 @@ import tifffile
 import zarr
 from PIL import Image
 
-from streamsr import export as ex
-from streamsr import imageio
+from streamsr.io import export as ex
+from streamsr.io import imageio
 from streamsr.errors import BadInput
-from streamsr.imageio import OutputError, iter_row_bands, probe, read_image, to_uint
+from streamsr.io.imageio import OutputError, iter_row_bands, probe, read_image, to_uint
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG = 9500  # 90.25 MP > PIL.Image.MAX_IMAGE_PIXELS (89.48 MP)
@@ -89,7 +89,7 @@ CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import zarr
-from streamsr.export import export_array
+from streamsr.io.export import export_array
 src, fmt, small, out, opts, big = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6]), int(sys.argv[7])
 
 def peak():

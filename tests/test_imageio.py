@@ -1,4 +1,4 @@
-"""streamsr.imageio: probing, reading, band reading, streaming writers and their failure modes."""
+"""streamsr.io.imageio: probing, reading, band reading, streaming writers and their failure modes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from streamsr import imageio
+from streamsr.io import imageio
 from streamsr.errors import BadInput, StreamsrError
-from streamsr.imageio import (
+from streamsr.io.imageio import (
     ImageInfo, OutputError, check_output_path, iter_row_bands, open_writer, probe, read_image, to_uint,
 )
 

@@ -16,11 +16,12 @@ import torch
 import zarr
 from PIL import Image
 
-from streamsr import anchoring, api
+from streamsr import api
+from streamsr.core import anchoring
 from streamsr.cli import main
 from streamsr.config import ModelConfig
-from streamsr.job import reflect_index
-from streamsr.store import read_manifest
+from streamsr.jobs.run import reflect_index
+from streamsr.jobs.store import read_manifest
 
 from conftest import random_model
 
@@ -179,7 +180,7 @@ def test_random_sigkills_and_ctrl_c_then_resume_is_bit_identical(work, tmp_path)
 
 
 def test_second_process_is_refused_while_the_job_runs(work, tmp_path, capsys):
-    from streamsr.store import job_lock
+    from streamsr.jobs.store import job_lock
 
     job = tmp_path / "job"
     assert run_cli("upscale", work / "in.png", "-o", tmp_path / "o.png", "--model", work / "model", "--steps", 1,
@@ -267,7 +268,7 @@ def test_job_from_another_model_is_refused_and_stays_resumable(work, tmp_path, c
 def test_full_disk_fails_cleanly_and_resumes(work, tmp_path, capsys, monkeypatch):
     import errno
 
-    from streamsr import store as store_mod
+    from streamsr.jobs import store as store_mod
 
     real_write = store_mod.JobStore.write
     calls = {"n": 0}
@@ -351,7 +352,7 @@ def test_semantic_vector_from_a_model_dir_encoder_with_text_direction(work, tmp_
     """A self-contained model dir names its open_clip encoder; the job conditions on its LR embedding."""
     from safetensors.torch import save_file
 
-    from streamsr.semantic import SemanticSpec, semantic_vector, write_spec
+    from streamsr.semantic.encoders import SemanticSpec, semantic_vector, write_spec
     from test_semantic import TINY_CFG, _tiny_clip
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -397,7 +398,7 @@ def test_frontier_placement_and_budget_do_not_change_the_output(work, tmp_path, 
 
 def test_shipped_default_model_runs_the_main_job(tmp_path):
     """No --model: the model inside the package, with its recommended settings, upscales x4."""
-    from streamsr.job import default_model_dir
+    from streamsr.jobs.run import default_model_dir
     from streamsr.weights import model_defaults, read_model_defaults
 
     assert (default_model_dir() / "config.json").is_file()

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from streamsr import api
 from streamsr.convert import convert_infdit
-from streamsr.sampler import karras_sigmas
+from streamsr.core.sampler import karras_sigmas
 
 from conftest import kit_dir
 

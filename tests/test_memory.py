@@ -8,15 +8,16 @@ import random
 import pytest
 import torch
 
-from streamsr import api, memory
-from streamsr.attention import get_kernel
+from streamsr import api
+from streamsr.stream import memory
+from streamsr.core.attention import get_kernel
 from streamsr.cli import main
 from streamsr.config import ModelConfig
-from streamsr.engine import batch_box, denoise_batch
-from streamsr.frontier import Frontier
-from streamsr.memtrace import TensorBytes
-from streamsr.model import InfDiT, image_to_blocks
-from streamsr.planner import BatchShape, Grid, frontier_bound, frontier_plan
+from streamsr.stream.engine import batch_box, denoise_batch
+from streamsr.stream.frontier import Frontier
+from tools.memtrace import TensorBytes
+from streamsr.core.model import InfDiT, image_to_blocks
+from streamsr.stream.planner import BatchShape, Grid, frontier_bound, frontier_plan
 
 from conftest import random_inputs, random_model
 

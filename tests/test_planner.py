@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from streamsr.planner import (BatchShape, Grid, Neighbors, external_reads, frontier_bound, frontier_plan,
+from streamsr.stream.planner import (BatchShape, Grid, Neighbors, external_reads, frontier_bound, frontier_plan,
                               neighbors, raster_batches)
 
 
@@ -61,7 +61,7 @@ def test_bad_shapes_are_refused():
 
 
 def test_task_list_order_and_counts():
-    from streamsr.planner import job_tasks
+    from streamsr.stream.planner import job_tasks
 
     tasks = job_tasks(Grid(2, 3), BatchShape(1, 2), steps=3, sampler="heun", anchor="global")
     kinds = [(t.kind, t.step) for t in tasks]

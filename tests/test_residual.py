@@ -13,9 +13,9 @@ import torch
 
 from streamsr import api
 from streamsr.config import ConfigError, ModelConfig
-from streamsr.model import InfDiT
-from streamsr.sampler import denoised, network_input, precond
-from streamsr.upsample import upsample_full
+from streamsr.core.model import InfDiT
+from streamsr.core.sampler import denoised, network_input, precond
+from streamsr.core.resample import upsample_full
 from streamsr.weights import read_model_config
 
 from conftest import random_inputs, random_model

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from streamsr import api
-from streamsr.noise import block_noise, image_noise
-from streamsr.sampler import evaluations, karras_sigmas, precond, sample_loop
+from streamsr.core.noise import block_noise, image_noise
+from streamsr.core.sampler import evaluations, karras_sigmas, precond, sample_loop
 
 from streamsr.config import ModelConfig
 

@@ -1,4 +1,4 @@
-"""streamsr.semantic: the spec file, the streamed CLIP thumbnail, and the vector against open_clip's own path.
+"""streamsr.semantic.encoders: the spec file, the streamed CLIP thumbnail, and the vector against open_clip's own path.
 
 Everything runs on a tiny random open_clip model (inline config, embed_dim 16); nothing is downloaded.
 """
@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from streamsr import semantic
+from streamsr.semantic import encoders as semantic
 from streamsr.errors import BadInput
-from streamsr.semantic import (SPEC_NAME, SemanticSpec, load_encoder, read_spec, semantic_vector, text_direction,
+from streamsr.semantic.encoders import (SPEC_NAME, SemanticSpec, load_encoder, read_spec, semantic_vector, text_direction,
                                thumbnail, write_spec)
 
 D = 16
@@ -151,8 +151,8 @@ def test_thumbnail_matches_torchvision(h, w):
 def test_thumbnail_exact_mode_and_float32_tap_placement():
     from torch.nn.functional import interpolate
 
-    from streamsr.semantic import resized_size, torch_axis_weights
-    from streamsr.upsample import axis_weights
+    from streamsr.semantic.encoders import resized_size, torch_axis_weights
+    from streamsr.core.resample import axis_weights
 
     lr = _lr(225, 999, seed=11)  # long side ~1000: torch's float32 tap centres are off by ~3e-5 px
     rh, rw = resized_size(225, 999, 224)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from streamsr import api
-from streamsr.attention import attend_reference, backend_available, get_kernel
+from streamsr.core.attention import attend_reference, backend_available, get_kernel
 from streamsr.config import ModelConfig
-from streamsr.engine import SweepStats
-from streamsr.planner import BatchShape, Grid, frontier_bound
-from streamsr.upsample import upsample_full
+from streamsr.stream.engine import SweepStats
+from streamsr.stream.planner import BatchShape, Grid, frontier_bound
+from streamsr.core.resample import upsample_full
 
 from conftest import random_inputs, random_model
 
@@ -112,7 +112,7 @@ def test_bf16_stream_equals_bf16_full():
 
 def test_rope_positions_wrap_modulo_table():
     """Blocks whose global patch positions are equal modulo the RoPE table see the same rotation."""
-    from streamsr.rope import block_angles
+    from streamsr.core.rope import block_angles
 
     cfg = ModelConfig.tiny(rope_table=8, block_size=32, patch_size=8)  # 4 tokens per side: block 2 wraps
     a = block_angles(torch.tensor([0, 2]), torch.tensor([0, 2]), cfg.block_tokens_side, cfg.head_dim, 8)

@@ -1,4 +1,4 @@
-"""streamsr.training and the learned semantic encoder: tiny model, synthetic images, CPU.
+"""streamsr.train.trainer and the learned semantic encoder: tiny model, synthetic images, CPU.
 
 References: an uninterrupted run for resume, upsample_full for concat_lr, the binomial rate for LR dropout.
 """
@@ -13,15 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from streamsr import semantic
+from streamsr.semantic import encoders as semantic
 from streamsr.api import load_model
 from streamsr.config import ModelConfig
 from streamsr.errors import BadInput
-from streamsr.learned_encoder import SemanticNet, save_encoder
-from streamsr.training import (CropSampler, Noise, Trainer, TrainSettings, degrade, draw_noise, edm_loss,
+from streamsr.semantic.learned import SemanticNet, save_encoder
+from streamsr.train.trainer import (CropSampler, Noise, Trainer, TrainSettings, degrade, draw_noise, edm_loss,
                                downsample_x4, learning_rate, list_images, lr_dropout, make_batch,
                                quantise_8bit, step_generator, train_thumbnail)
-from streamsr.upsample import upsample_full
+from streamsr.core.resample import upsample_full
 from streamsr.weights import read_model_config
 
 CFG = ModelConfig.tiny(vector_dim=16)  # 32 px blocks, patch 8

@@ -1,4 +1,4 @@
-"""Tests of streamsr.upsample: region-wise antialiased bicubic upsampling equals the whole-image resize."""
+"""Tests of streamsr.core.resample: region-wise antialiased bicubic upsampling equals the whole-image resize."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from streamsr.upsample import axis_weights, upsample_full, upsample_region
+from streamsr.core.resample import axis_weights, upsample_full, upsample_region
 
 KIT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "infdit"
 

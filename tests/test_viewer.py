@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from streamsr import viewer
+from streamsr.viewer import server as viewer
 from streamsr.config import JobConfig
-from streamsr.planner import BatchShape, job_tasks
-from streamsr.store import Geometry, JobStore
+from streamsr.stream.planner import BatchShape, job_tasks
+from streamsr.jobs.store import Geometry, JobStore
 
 LR_H, LR_W, BS = 45, 90, 32  # output 180 x 360, grid 6 x 12 blocks (padded to 192 x 384)
 H, W = 4 * LR_H, 4 * LR_W

@@ -1,4 +1,4 @@
-"""Benchmark `streamsr.export.export_array`: wall time and peak RSS per output format.
+"""Benchmark `streamsr.io.export.export_array`: wall time and peak RSS per output format.
 
 A synthetic job output array is written once (zarr v3, (S, S, C) uint8, one 128 x 128 block per
 chunk, zarr's default zstd, like a job's `output` array): smooth gradients plus a periodic noise tile,
@@ -44,7 +44,7 @@ CHILD = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import zarr
-from streamsr.export import export_array
+from streamsr.io.export import export_array
 src, size, fmt, out, opts = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], json.loads(sys.argv[6])
 arr = zarr.open_array(src, mode="r")
 start = time.perf_counter()

@@ -142,7 +142,7 @@ def make_model_dir(cfg, path: Path, seed: int, std: float) -> Path:
     """Like tests/conftest.random_model: every parameter redrawn N(0, std), then save_pretrained."""
     import torch
 
-    from streamsr.model import InfDiT
+    from streamsr.core.model import InfDiT
 
     if cfg.vector_dim:
         print("note: --vector-dim > 0 needs a semantic_encoder.json in the model dir; none is written",
@@ -207,7 +207,7 @@ def tree_bytes(path: Path) -> int:
 
 # ---- phases of a job (for the polled RSS timeline) -------------------------------------------------
 def sweep_names(steps: int, sampler: str, anchor: str) -> list[str]:
-    """The job's sweeps in order, mirroring streamsr.planner.job_tasks (one export task at the end)."""
+    """The job's sweeps in order, mirroring streamsr.stream.planner.job_tasks (one export task at the end)."""
     names = ["init"]
     for i in range(steps):
         names.append("predict")
@@ -333,7 +333,7 @@ def baseline(args) -> dict:
     """A child that only imports what a job imports: the fixed floor under every peak."""
     hwm_file = args.workdir / "hwm_baseline.txt"
     code = ("import torch, numpy, zarr, PIL.Image, png, tifffile, diffusers\n"
-            "import streamsr.job, streamsr.tasks, streamsr.upscale, streamsr.api, streamsr.model\n"
+            "import streamsr.jobs.run, streamsr.jobs.executor, streamsr.jobs.flows, streamsr.api, streamsr.core.model\n"
             "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
             f"open({str(hwm_file)!r}, 'w').write(hwm)\n")
     res = run_child([sys.executable, "-c", code], child_env(args.threads), args.poll, None)

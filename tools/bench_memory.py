@@ -102,7 +102,7 @@ finally:
 IMPORTS_ONLY = """\
 import json, os, sys
 import torch, numpy, zarr, PIL.Image
-import streamsr.cli, streamsr.job, streamsr.tasks, streamsr.upscale, streamsr.api, streamsr.model, streamsr.imageio
+import streamsr.cli, streamsr.jobs.run, streamsr.jobs.executor, streamsr.jobs.flows, streamsr.api, streamsr.core.model, streamsr.io.imageio
 vals = {l.split(':')[0]: int(l.split(':')[1].split()[0]) for l in open('/proc/self/status')
         if l.startswith(('VmHWM', 'VmRSS'))}
 json.dump({'hwm_kib': vals['VmHWM'], 'rss_kib': vals['VmRSS']}, open(os.environ['BENCH_REPORT_FILE'], 'w'))
@@ -121,7 +121,7 @@ def parse_ints(text: str) -> list[int]:
 
 
 def parse_budgets(text: str) -> list[str]:
-    from streamsr.memory import parse_size
+    from streamsr.stream.memory import parse_size
 
     labels = [v.strip() for v in text.split(",") if v.strip()]
     for label in labels:
@@ -180,7 +180,7 @@ def make_model_dir(path: Path, seed: int, std: float) -> Path:
     """Like tests/conftest.random_model: every parameter redrawn N(0, std), then save_pretrained."""
     import torch
 
-    from streamsr.model import InfDiT
+    from streamsr.core.model import InfDiT
 
     if path.exists():
         shutil.rmtree(path)
@@ -310,12 +310,12 @@ def sweep_child(spec_path: Path) -> int:
 
     torch.set_num_threads(spec["threads"])
     from streamsr import api
-    from streamsr.attention import get_kernel
-    from streamsr.engine import batch_box, denoise_batch
-    from streamsr.frontier import Frontier
-    from streamsr.memtrace import TensorBytes
-    from streamsr.model import image_to_blocks
-    from streamsr.planner import BatchShape, Grid, frontier_bound, frontier_plan
+    from streamsr.core.attention import get_kernel
+    from streamsr.stream.engine import batch_box, denoise_batch
+    from streamsr.stream.frontier import Frontier
+    from tools.memtrace import TensorBytes
+    from streamsr.core.model import image_to_blocks
+    from streamsr.stream.planner import BatchShape, Grid, frontier_bound, frontier_plan
 
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
@@ -392,7 +392,7 @@ def split_times(manifest: dict, wall: float) -> dict:
 
 
 def run_case(args, model_dir: Path, width: int, ram: str | None, vram: str | None) -> dict:
-    from streamsr import memory
+    from streamsr.stream import memory
 
     work = args.workdir
     lr_w, lr_h = -(-width // SR), -(-args.height // SR)
@@ -668,7 +668,7 @@ def summarize(records: list[dict], base: dict | None, args) -> dict:
 
 
 def rt_const() -> int:
-    from streamsr.memory import RUNTIME_HOST_BYTES
+    from streamsr.stream.memory import RUNTIME_HOST_BYTES
 
     return RUNTIME_HOST_BYTES
 

@@ -47,11 +47,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from streamsr.api import denoise  # noqa: E402
-from streamsr.attention import BACKENDS, backend_available  # noqa: E402
+from streamsr.core.attention import BACKENDS, backend_available  # noqa: E402
 from streamsr.config import SR_SCALE, ModelConfig  # noqa: E402
-from streamsr.engine import SweepStats  # noqa: E402
-from streamsr.model import InfDiT  # noqa: E402
-from streamsr.planner import BatchShape, Grid  # noqa: E402
+from streamsr.stream.engine import SweepStats  # noqa: E402
+from streamsr.core.model import InfDiT  # noqa: E402
+from streamsr.stream.planner import BatchShape, Grid  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SIGMA = 2.0

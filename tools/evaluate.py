@@ -15,7 +15,7 @@ and each LR set of `--sets` (default both):
    - `degraded`: the clean LR, plus mild Gaussian noise (sigma 2/255 on [0, 1], from a numpy
      generator seeded with the CRC-32 of the crop name: the same noise on every run), quantised to
      8 bits again, then a JPEG round trip at quality 75 (Pillow, 4:2:0 chroma, in memory);
-2. upscales the LR x4 once per model method through `streamsr.upscale.upscale` (the real out-of-core
+2. upscales the LR x4 once per model method through `streamsr.jobs.flows.upscale` (the real out-of-core
    job pipeline: job creation, semantic vector, streamed sampling, anchoring, PNG export) with a
    temporary job dir, and reads the output back;
 3. makes two baselines from the 8-bit LR: PIL bicubic (Image.BICUBIC) and Lanczos (Image.LANCZOS) x4;
@@ -513,7 +513,7 @@ def safe_name(text: str) -> str:
 
 def list_images(images: str | None, use_skimage: bool) -> list[tuple[str, object]]:
     """[(name, loader)] where loader() returns the image as uint8 RGB (H, W, 3)."""
-    from streamsr.imageio import read_image
+    from streamsr.io.imageio import read_image
 
     def from_file(path: Path):
         return lambda: to_rgb8(read_image(path)[0])
@@ -558,7 +558,7 @@ JOB_FLAGS = {"steps": "steps", "sampler": "sampler", "seed": "seed", "anchor": "
 
 
 def parse_batch(value) -> tuple[int, int]:
-    from streamsr.planner import BatchShape
+    from streamsr.stream.planner import BatchShape
 
     if isinstance(value, str):
         shape = BatchShape.parse(value)
@@ -620,9 +620,9 @@ def method_configs(args: argparse.Namespace, defaults) -> dict[str, tuple[dict, 
 
 def run_model(lr_path: Path, out_path: Path, model_dir: Path, cfg: JobConfig, verbose: bool) -> tuple[np.ndarray, dict]:
     """Upscale an LR PNG through the real job pipeline (temporary job dir); (uint8 RGB output, timings)."""
-    from streamsr.imageio import read_image
-    from streamsr.store import read_manifest
-    from streamsr.upscale import upscale
+    from streamsr.io.imageio import read_image
+    from streamsr.jobs.store import read_manifest
+    from streamsr.jobs.flows import upscale
 
     with tempfile.TemporaryDirectory(prefix=".evaluate-job-", dir=out_path.parent) as tmp:
         job = Path(tmp) / "job"
@@ -729,7 +729,7 @@ def write_reports(out: Path, settings: dict, methods: tuple[str, ...], results: 
     md = [
         "# streamsr x4 evaluation", "",
         f"- model: `{settings['model_dir']}` (block_size {settings['block_size']} HR px)",
-        f"- methods: {', '.join(methods)}; model methods run through `streamsr.upscale.upscale`, settings "
+        f"- methods: {', '.join(methods)}; model methods run through `streamsr.jobs.flows.upscale`, settings "
         "(the model dir's recommended ones, then the command-line overrides "
         f"({json.dumps(settings['overrides']) if settings['overrides'] else 'none given'}):",
     ]

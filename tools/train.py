@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from streamsr.config import ModelConfig  # noqa: E402
 from streamsr.errors import StreamsrError  # noqa: E402
-from streamsr.training import (CropSampler, Trainer, TrainSettings, bin_labels, find_checkpoint,  # noqa: E402
+from streamsr.train.trainer import (CropSampler, Trainer, TrainSettings, bin_labels, find_checkpoint,  # noqa: E402
                                list_images, sigma_bin)
 
 RECIPE = ("batch", "crop", "lr", "warmup", "seed", "max_side", "scales", "clean_fraction", "fidelity_fraction",

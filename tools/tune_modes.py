@@ -34,8 +34,8 @@ from evaluate import SETS, crop_boxes, crop_seed, detail_measure, make_lr, pil_u
 from PIL import Image
 
 import streamsr
-from streamsr.semantic import semantic_vector
-from streamsr.training import Trainer, list_images, load_image
+from streamsr.semantic.encoders import semantic_vector
+from streamsr.train.trainer import Trainer, list_images, load_image
 
 
 @dataclass(frozen=True)

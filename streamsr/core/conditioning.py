@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 
 def lr_window(lr, block: tuple[int, int], cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:

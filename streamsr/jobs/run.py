@@ -21,14 +21,14 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .config import SR_SCALE, JobConfig, ModelConfig
-from .errors import BadInput, StreamsrError
+from ..config import SR_SCALE, JobConfig, ModelConfig
+from ..errors import BadInput, StreamsrError
 from .faults import kill_point
-from .planner import Task, job_tasks
+from ..stream.planner import Task, job_tasks
 from .progress import Progress
-from .sampler import karras_sigmas
+from ..core.sampler import karras_sigmas
 from .store import FORMAT, MANIFEST, STORE, CroppedView, Geometry, JobError, JobStore, job_lock, read_manifest
-from .weights import model_hash, read_model_config
+from ..weights import model_hash, read_model_config
 
 BAND_BLOCKS = 8  # LR blocks per ingest band
 
@@ -54,7 +54,7 @@ class Source:
 
 def file_source(path: Path) -> Source:
     """An input file or zarr array, read by row bands (huge PNG/TIFF/zarr inputs stream)."""
-    from .imageio import input_sha256, iter_row_bands, probe
+    from ..io.imageio import input_sha256, iter_row_bands, probe
 
     info = probe(path, stream=True)
     return Source(str(Path(path).resolve()), input_sha256(path), info.width, info.height, info.mode,
@@ -101,7 +101,7 @@ def ingest(store: JobStore, source: Source) -> None:
 
 def default_model_dir() -> Path:
     """The model shipped inside the package."""
-    return Path(__file__).resolve().parent / "models" / "default"
+    return Path(__file__).resolve().parents[1] / "models" / "default"
 
 
 def resolve_model_dir(model_dir: str | Path | None) -> Path:
@@ -122,7 +122,7 @@ def total_model_blocks(manifest: dict) -> int:
 
 
 def _shape_args(manifest: dict):
-    from .planner import BatchShape
+    from ..stream.planner import BatchShape
 
     job = manifest["job"]
     return BatchShape(job["batch_rows"], job["batch_cols"]), job["steps"], job["sampler"], job["anchor"]
@@ -130,7 +130,7 @@ def _shape_args(manifest: dict):
 
 def plan_memory(mcfg: ModelConfig, cfg: JobConfig, geo: Geometry, auto_batch: bool, auto_placement: bool):
     """Resolve batch and frontier placement with the memory planner; returns (JobConfig, Prediction)."""
-    from . import memory
+    from ..stream import memory
 
     try:
         pred = memory.plan(mcfg, 2 if cfg.dtype == "bf16" else 4, geo.hr_padded, cfg.vram or None, cfg.ram or None,
@@ -151,8 +151,8 @@ def plan_dict(pred) -> dict:
 def create_job(root: Path, source: Source, output: Path | None, model_dir: Path, cfg: JobConfig,
                stage: str = "x4", auto_batch: bool = False, auto_placement: bool = False) -> JobStore:
     """Make a new job dir: store, LR, semantic vector, then the manifest (written last)."""
-    from . import anchoring
-    from .semantic import semantic_vector
+    from ..core import anchoring
+    from ..semantic.encoders import semantic_vector
 
     mcfg: ModelConfig = read_model_config(model_dir)
     if source.width < 1 or source.height < 1:
@@ -247,8 +247,8 @@ _MALLOC_TRIM = None
 
 def run_job(root: Path, model_dir: Path | None = None, progress: bool = True, log=print) -> dict:
     """Run (or resume) a job to the end; returns the final manifest. Raises Interrupted on Ctrl-C."""
-    from .api import load_model
-    from .tasks import TaskRunner
+    from ..api import load_model
+    from .executor import TaskRunner
 
     root = Path(root)
     with job_lock(root):

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import get_kernel
-from .conditioning import lr_windows
+from ..core.attention import get_kernel
+from ..core.conditioning import lr_windows
 from .frontier import Frontier
-from .model import InfDiT, blocks_to_image, image_to_blocks
+from ..core.model import InfDiT, blocks_to_image, image_to_blocks
 from .planner import Batch, BatchShape, FrontierPlan, Grid, frontier_bound, frontier_plan, neighbors
-from .upsample import upsample_region
+from ..core.resample import upsample_region
 
 
 @dataclass

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import BadInput
-from .upsample import axis_weights
+from ..errors import BadInput
+from ..core.resample import axis_weights
 
 SPEC_NAME = "semantic_encoder.json"
 THUMB_SIZE = 224  # CLIP input side (ViT-L-14)
@@ -131,7 +131,7 @@ _PARSERS: dict[str, Callable[[dict, Path, int, str], SemanticSpec]] = {
     "none": _parse_none,
     "open_clip": _parse_open_clip,
     # learned_encoder.py imports this module, so it is reached lazily
-    "learned": lambda *args: __import__(f"{__package__}.learned_encoder", fromlist=["_"]).parse_spec(*args),
+    "learned": lambda *args: __import__(f"{__package__}.learned", fromlist=["_"]).parse_spec(*args),
 }
 
 
@@ -424,7 +424,7 @@ def _load_open_clip(model_dir: Path, spec: SemanticSpec, device: str | torch.dev
 # kind -> loader(model dir, spec, device) -> SemanticEncoder ("none" has no encoder)
 _LOADERS: dict[str, Callable[[Path, SemanticSpec, Any], SemanticEncoder]] = {
     "open_clip": _load_open_clip,
-    "learned": lambda *args: __import__(f"{__package__}.learned_encoder", fromlist=["_"]).load_encoder(*args),
+    "learned": lambda *args: __import__(f"{__package__}.learned", fromlist=["_"]).load_encoder(*args),
 }
 
 

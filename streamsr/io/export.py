@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BadInput
+from ..errors import BadInput
 from .imageio import (OutputError, _fsync_dir, check_writable_dir, _one_line, _output_error, _reason, open_writer,
                       partial_path)
 
@@ -788,7 +788,7 @@ def export_job(job_dir: os.PathLike | str, path: os.PathLike | str, fmt: str | N
     The job must be done, or have only its final export task left (its output array is complete
     then, e.g. after the output file could not be written). `options` are those of export_array.
     """
-    from .config import SR_SCALE  # noqa: PLC0415 - light (no torch)
+    from ..config import SR_SCALE  # noqa: PLC0415 - light (no torch)
 
     root = Path(job_dir)
     if (root / "chain.json").is_file():

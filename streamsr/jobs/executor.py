@@ -15,19 +15,19 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from . import anchoring
-from .attention import get_kernel
-from .engine import batch_box, denoise_batch
+from ..core import anchoring
+from ..core.attention import get_kernel
+from ..stream.engine import batch_box, denoise_batch
 from .faults import kill_point
-from .frontier import Frontier
-from .export import export_array
-from .imageio import to_uint
-from .model import InfDiT, blocks_to_image, image_to_blocks
-from .noise import block_noise
-from .planner import Batch, BatchShape, Grid, Task, frontier_bound, frontier_plan
-from .sampler import euler_step, heun_correct, to_d
+from ..stream.frontier import Frontier
+from ..io.export import export_array
+from ..io.imageio import to_uint
+from ..core.model import InfDiT, blocks_to_image, image_to_blocks
+from ..core.noise import block_noise
+from ..stream.planner import Batch, BatchShape, Grid, Task, frontier_bound, frontier_plan
+from ..core.sampler import euler_step, heun_correct, lr_noise_init, to_d
 from .store import CroppedView, JobStore
-from .upsample import upsample_region
+from ..core.resample import upsample_region
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601: grey output from the RGB model
 
@@ -151,11 +151,15 @@ class TaskRunner:
         self.run(task, write=False)
 
     def _init(self, batch: Batch, box) -> None:
-        """x_T = up(LR) + sigma_max * eps, eps drawn per block from (seed, block)."""
+        """x_T = up(LR) + sigma_max * eps, eps drawn per block from (seed, block); x_T = up(LR) when the
+        job's noise_init is off (absent in manifests of earlier versions: on)."""
         up = self._up(box)
+        if not self.job.get("noise_init", True):
+            self._write("state0", box, up)
+            return
         eps = torch.stack([block_noise(self.job["seed"], blk, (1, 3, self.bs, self.bs))
                            for blk in batch.blocks()], dim=1).to(self.device)  # (1, N, 3, bs, bs)
-        x = up + self.sigmas[0] * blocks_to_image(eps, Grid(batch.rows, batch.cols))
+        x = lr_noise_init(up, blocks_to_image(eps, Grid(batch.rows, batch.cols)), self.sigmas[0])
         self._write("state0", box, x)
 
     def _predict(self, task: Task, box, write: bool) -> None:

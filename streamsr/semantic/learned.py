@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import BadInput
-from .semantic import SPEC_NAME, SemanticEncoder, SemanticSpec
+from ..errors import BadInput
+from .encoders import SPEC_NAME, SemanticEncoder, SemanticSpec
 
 KIND = "learned"
 WEIGHTS_FILE = "semantic_encoder.safetensors"

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .config import SR_SCALE, ModelConfig
+from ..config import SR_SCALE, ModelConfig
 
 PLACEMENTS = ("device", "host", "disk")
 F32 = 4

@@ -21,8 +21,8 @@ from torch import nn
 from . import rope
 from .attention import get_kernel
 from .conditioning import lr_windows
-from .config import ModelConfig
-from .planner import Grid, neighbors
+from ..config import ModelConfig
+from ..stream.planner import Grid, neighbors
 from .sampler import denoised, network_input, precond
 
 # gather(layer, k, v) -> (k_slots, v_slots): k, v (B, N, T, H, D) of the blocks being computed;

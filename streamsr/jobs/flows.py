@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import JobConfig
-from .errors import BadInput
-from .job import (Interrupted, Source, create_job, check_same_job, file_source, job_status, remove_job_dir,
+from ..config import JobConfig
+from ..errors import BadInput
+from .run import (Interrupted, Source, create_job, check_same_job, file_source, job_status, remove_job_dir,
                   resolve_model_dir, run_job)
-from .memory import format_bytes
+from ..stream.memory import format_bytes
 from .progress import format_seconds
 from .store import MANIFEST, STORE, JobError, JobStore, job_lock, read_manifest, write_json_atomic
 
@@ -100,7 +100,7 @@ def upscale(input_path, output, model_dir=None, job_dir=None, cfg: JobConfig | N
     auto_batch / auto_placement: let the memory planner choose the block batch / the frontier placement
     (the fastest plan within cfg.vram and cfg.ram), instead of cfg's values.
     """
-    from .export import check_export_path
+    from ..io.export import check_export_path
 
     cfg = cfg or JobConfig()
     if scale not in SCALES:

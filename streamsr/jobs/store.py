@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import zarr
 
-from .config import SR_SCALE
-from .errors import StreamsrError
+from ..config import SR_SCALE
+from ..errors import StreamsrError
 from .faults import kill_point
-from .planner import Grid
+from ..stream.planner import Grid
 
 MANIFEST = "job.json"
 STORE = "state.zarr"
@@ -37,6 +37,70 @@ STATE_ARRAYS = ("state0", "state1", "pred", "deriv")
 
 class JobError(StreamsrError):
     """A job dir that cannot be used as asked (locked, mismatched, damaged)."""
+
+
+CHAIN = "chain.json"  # an x16 job dir: chain.json + stage1/ + stage2/ (each an x4 job dir)
+FRONTIER = "frontier"  # the disk placement's K/V spill dir (never persisted across sweeps)
+STAGES = ("stage1", "stage2")
+
+
+@dataclass(frozen=True)
+class JobDir:
+    """The one owner of a job dir's layout: every path inside it is spelled here and nowhere else.
+
+    An x4 job dir holds the manifest, the lock, the zarr store and (disk placement) the frontier spill;
+    an x16 job dir holds chain.json and two x4 job dirs, stage1/ and stage2/ (stage 2's LR is stage 1's
+    output).
+    """
+
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def manifest_tmp(self) -> Path:
+        return self.root / f"{MANIFEST}.tmp"
+
+    @property
+    def store(self) -> Path:
+        return self.root / STORE
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def frontier(self) -> Path:
+        return self.root / FRONTIER
+
+    @property
+    def chain(self) -> Path:
+        return self.root / CHAIN
+
+    def stage(self, number: int) -> "JobDir":
+        """Stage 1 or 2 of an x16 chain."""
+        return JobDir(self.root / STAGES[number - 1])
+
+    def is_job(self) -> bool:
+        """An x4 job dir (it has a manifest)."""
+        return self.manifest.is_file()
+
+    def is_chain(self) -> bool:
+        return self.chain.is_file()
+
+    def result(self) -> "JobDir":
+        """The x4 job dir whose output is this job's result: itself, or stage 2 of a chain."""
+        return self.stage(2) if self.is_chain() else self
+
+    def latest(self) -> "JobDir":
+        """The last x4 job dir that exists: itself, or the last stage of a chain with a manifest (stage 1
+        while stage 2 has not started); what a viewer of a running job shows."""
+        if not self.is_chain():
+            return self
+        started = [self.stage(n) for n in (2, 1) if self.stage(n).is_job()]
+        return started[0] if started else self.stage(1)
 
 
 @dataclass(frozen=True)

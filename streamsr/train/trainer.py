@@ -54,11 +54,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import ModelConfig, known_fields
-from .errors import BadInput
-from .learned_encoder import CHANNELS, THUMB_SIZE, SemanticNet, save_encoder
-from .model import InfDiT
-from .upsample import upsample_full
+from ..config import ModelConfig, known_fields
+from ..errors import BadInput
+from ..semantic.learned import CHANNELS, THUMB_SIZE, SemanticNet, save_encoder
+from ..core.model import InfDiT
+from ..core.resample import upsample_full
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 CKPT_FORMAT = 1
@@ -91,7 +91,7 @@ class TrainSettings:
     max_side: int = 0  # images are downscaled (Lanczos) so their longer side is <= this (0: keep)
     scales: tuple[int, ...] = ()  # the images are also loaded with longer side <= each of these (equal shares)
     clean_fraction: float = 0.0  # share of samples whose LR is clean: bicubic x4 down, 8-bit, nothing else
-    fidelity_fraction: float = 0.0  # share of samples trained at sigma = fidelity_sigma (the one-step MMSE point)
+    fidelity_fraction: float = 0.0  # share of samples trained at the fidelity point: x = up(LR), sigma = fidelity_sigma
     fidelity_sigma: float = 0.0  # sigma of those samples (> 0 when fidelity_fraction > 0)
     decay_start: int = 0  # cosine learning-rate decay from this step ... (0: constant after warmup)
     decay_end: int = 0  # ... to zero at this step (warmup-stable-decay, so a run can be extended until decay_start)
@@ -347,6 +347,7 @@ class Noise:
     sigma: torch.Tensor  # (B,)
     eps: torch.Tensor  # (B, 3, H, W)
     rope_origin: tuple[int, int]  # token offset (rows, cols), shared by the batch
+    from_lr: torch.Tensor | None = None  # (B,) bool: the noisy input is up(LR) itself (the fidelity point)
 
 
 def sample_sigma(n: int, gen: torch.Generator, p_mean: float = -1.0, p_std: float = 1.4,
@@ -368,10 +369,11 @@ def draw_noise(gen: torch.Generator, shape: Sequence[int], cfg: ModelConfig,
     sigma = sample_sigma(shape[0], gen, settings.p_mean, settings.p_std, settings.sigma_floor)
     eps = torch.randn(tuple(shape), generator=gen)
     origin = draw_rope_origin(gen, cfg, shape[-1])
-    if settings.fidelity_fraction:  # drawn last, so runs without it keep their random stream
-        at_fidelity = torch.rand(shape[0], generator=gen) < settings.fidelity_fraction  # (B,)
-        sigma = torch.where(at_fidelity, torch.full_like(sigma, settings.fidelity_sigma), sigma)
-    return Noise(sigma, eps, origin)
+    if not settings.fidelity_fraction:
+        return Noise(sigma, eps, origin)
+    at_fidelity = torch.rand(shape[0], generator=gen) < settings.fidelity_fraction  # (B,); drawn last
+    sigma = torch.where(at_fidelity, torch.full_like(sigma, settings.fidelity_sigma), sigma)
+    return Noise(sigma, eps, origin, from_lr=at_fidelity)
 
 
 def loss_weight(sigma: torch.Tensor, sigma_data: float = 0.5) -> torch.Tensor:
@@ -392,6 +394,8 @@ def edm_loss(model: InfDiT, encoder: SemanticNet | None, batch: Batch, noise: No
     x = batch.x
     sigma = noise.sigma.to(x.device)  # (B,)
     x_noisy = x + sigma[:, None, None, None] * noise.eps.to(x.device)  # (B, 3, H, W)
+    if noise.from_lr is not None:  # the fidelity point: x_T = up(LR), D must give E[HR | LR] in one step
+        x_noisy = torch.where(noise.from_lr.to(x.device)[:, None, None, None], batch.concat_lr, x_noisy)
     vector = encoder(train_thumbnail(batch.lr, thumb_size)) if encoder is not None else None  # (B, V)
     d = model(x_noisy, sigma, batch.concat_lr, batch.lr, vector, backend=backend,
               rope_origin=noise.rope_origin)  # (B, 3, H, W) float32

@@ -50,13 +50,13 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from .errors import BadInput
+from ..errors import BadInput
 
 TILE = 256  # DeepZoom tile side (no overlap)
 DIRECT_MAX = 4  # largest downsampling factor computed straight from a full-resolution region
 PIN_PIXELS = 1 << 20  # levels at most this many pixels stay cached for good
 RENDER_THREADS = 2  # tiles rendered at once (the rest of the requests wait)
-STATIC = Path(__file__).resolve().parent / "viewer_static"
+STATIC = Path(__file__).resolve().parent / "static"
 SCALE = 4  # LR -> output (streamsr.config.SR_SCALE; not imported to keep this module light)
 
 
@@ -166,8 +166,8 @@ class JobView:
     def __init__(self, root: Path):
         import zarr
 
-        from .planner import BatchShape, job_tasks
-        from .store import MANIFEST, STORE, Geometry, read_manifest
+        from ..stream.planner import BatchShape, job_tasks
+        from ..jobs.store import MANIFEST, STORE, Geometry, read_manifest
 
         self.root = root
         self.manifest_path = root / MANIFEST
@@ -194,7 +194,7 @@ class JobView:
 
     def manifest(self) -> dict:
         """The manifest, re-read when job.json changed (it is replaced atomically by the job)."""
-        from .store import read_manifest
+        from ..jobs.store import read_manifest
 
         try:
             st = self.manifest_path.stat()
@@ -462,7 +462,7 @@ class View:
         if self.job is None:
             return {"kind": self.kind, "title": self.title, "status": "static", "width": self.width,
                     "height": self.height, "tiles_version": 0, **self.extra}
-        from .job import job_status
+        from ..jobs.run import job_status
 
         job = self.job
         s = job_status(job.root)
@@ -482,7 +482,7 @@ class View:
 
 def _job_root(path: Path) -> tuple[Path, dict]:
     """A job dir, or the current stage of a x16 job dir (stage2 once it exists)."""
-    from .store import MANIFEST
+    from ..jobs.store import MANIFEST
 
     if (path / "chain.json").is_file():
         stages = [path / s for s in ("stage2", "stage1") if (path / s / MANIFEST).is_file()]
@@ -535,7 +535,7 @@ def _guess_axes(shape: tuple) -> str:
 
 def open_view(path, cache_mb: int = 256) -> View:
     """What `path` is (job dir, x16 job dir, .dzi, OME-Zarr / zarr) as a View."""
-    from .store import MANIFEST
+    from ..jobs.store import MANIFEST
 
     path = Path(path).expanduser().resolve()
     cache = TileCache(cache_mb << 20)

@@ -55,7 +55,7 @@ import png
 import tifffile
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, PngImagePlugin
 
-from .errors import BadInput, StreamsrError
+from ..errors import BadInput, StreamsrError
 
 MAX_SIDE = 2**31  # pixels per side; more is refused as absurd
 MAX_PIXELS = 2**40  # pixels in all; more is refused as absurd
