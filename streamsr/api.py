@@ -1,26 +1,26 @@
-"""The public Python API: load_model, denoise, sample. Tensors are NCHW in [-1, 1]."""
+"""The public Python API: load_model (weights.py's), denoise, sample. Tensors are NCHW in [-1, 1].
+
+denoise runs one denoiser call D(x; sigma) either as the full-image reference (core/denoiser.py) or
+streamed by block batches (stream/engine.py); sample runs the EDM sampler over it in memory.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from .stream.engine import SweepStats, denoise_stream
+from .core.denoiser import denoise_full
+from .core.grid import Grid
 from .core.model import InfDiT
 from .core.noise import image_noise
-from .stream.planner import BatchShape, Grid
-from .core.sampler import SIGMA_MAX, SIGMA_MIN, karras_sigmas, lr_noise_init, sample_loop
 from .core.resample import upsample_full
-from .weights import load_model_dir
+from .core.sampler import SIGMA_MAX, SIGMA_MIN, karras_sigmas, lr_noise_init, sample_loop
+from .stream.engine import SweepStats, denoise_stream
+from .stream.planner import BatchShape
+from .weights import load_model  # noqa: F401  (re-exported: the public API)
+
+__all__ = ["MODES", "denoise", "load_model", "sample", "upsample_full"]
 
 MODES = ("full", "stream")
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> InfDiT:
-    """Load a model dir (config.json + safetensors, as save_pretrained writes) for inference."""
-    model = load_model_dir(path).to(device)
-    return (model if dtype == torch.float32 else model.to(dtype)).eval()
 
 
 def _batch_shape(batch) -> BatchShape:
@@ -40,10 +40,10 @@ def denoise(model: InfDiT, x: torch.Tensor, sigma, *, lr: torch.Tensor, vector: 
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
     if mode == "full":
         up = upsample_full(lr).to(x.device) if concat_lr is None else concat_lr
-        return model(x, sigma, up, lr, vector, backend=backend)
+        return denoise_full(model, x, sigma, concat_lr=up, lr=lr, vector=vector, backend=backend)
     if mode == "stream":
-        return denoise_stream(model, x, sigma, lr, vector, concat_lr, _batch_shape(batch), backend, stats,
-                              placement, spill_dir)
+        return denoise_stream(model, x, sigma, lr=lr, vector=vector, concat_lr=concat_lr, shape=_batch_shape(batch),
+                              backend=backend, stats=stats, placement=placement, spill_dir=spill_dir)
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 

@@ -35,7 +35,7 @@ def parse_batch(text: str) -> tuple[int, int]:
 def job_config(args: argparse.Namespace):
     """JobConfig from: the flags given, else the model dir's recommended settings, else the defaults."""
     from .config import ConfigError, JobConfig
-    from .jobs.run import resolve_model_dir
+    from .jobs.create import resolve_model_dir
     from .weights import model_defaults
 
     settings = model_defaults(resolve_model_dir(args.model), getattr(args, "mode", None))
@@ -83,14 +83,14 @@ def parse_wxh(text: str) -> tuple[int, int]:
 def cmd_plan(args: argparse.Namespace) -> int:
     import torch
 
-    from .jobs.run import plan_dict, plan_memory, resolve_model_dir
-    from .jobs.store import Geometry
+    from .jobs.create import plan_memory, resolve_model_dir
     from .jobs.flows import plan_lines
+    from .jobs.manifest import Geometry
     from .weights import read_model_config
 
     mcfg = read_model_config(resolve_model_dir(args.model))
     if args.input:
-        from .io.imageio import probe
+        from .io.probe import probe
 
         info = probe(args.input, stream=True)  # the header only, no pixels decoded
         lr_w, lr_h = info.width, info.height
@@ -101,11 +101,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise BadInput("give the output size (--size WxH) or an input file (--input FILE)")
     cfg = job_config(args)
     geo = Geometry(lr_h, lr_w, mcfg.block_size)
-    cfg, pred = plan_memory(mcfg, cfg, geo, args.batch is None, args.frontier is None)
+    cfg, plan = plan_memory(mcfg, cfg, geometry=geo, auto_batch=args.batch is None,
+                            auto_placement=args.frontier is None)
     h, w = geo.hr_size
     print(f"output:   {w}x{h} ({geo.grid.cols}x{geo.grid.rows} blocks of {mcfg.block_size} px), "
           f"{args.dtype} on {torch.device(args.device).type}")
-    for line in plan_lines(plan_dict(pred), cfg.to_dict()):
+    for line in plan_lines(plan, cfg):
         print(line)
     return EXIT_OK
 
@@ -126,7 +127,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .io.export import export_job
+    from .jobs.export import export_job
 
     path = export_job(args.job, args.output, args.format, compression=args.compression, quality=args.quality,
                       tile_format=args.tile_format, ngff=args.ngff)

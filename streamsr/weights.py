@@ -1,4 +1,5 @@
-"""Model dirs in diffusers' format (config.json + safetensors, written by save_pretrained) and hashes.
+"""Model dirs in diffusers' format (config.json + safetensors, written by save_pretrained): read, load for
+inference (`load_model`), write, hash; and a model's recommended sampling settings (streamsr_defaults.json).
 
 Nothing here unpickles: weights are safetensors only. A model dir may also name its semantic encoder
 (later issues); this module only reads and writes the transformer.
@@ -10,9 +11,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from .config import MODES, ConfigError, ModelConfig
 from .errors import BadInput
+
+if TYPE_CHECKING:
+    from .core.model import InfDiT
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"  # diffusers' SAFETENSORS_WEIGHTS_NAME
 
@@ -38,11 +45,11 @@ def read_model_config(path: str | Path) -> ModelConfig:
         raise BadInput(f"{cfg_file}: {exc}") from None
 
 
-def load_model_dir(path: str | Path):
+def load_model_dir(path: str | Path) -> InfDiT:
     """An InfDiT from a model dir, offline, in float32 on the CPU."""
-    from .core.model import InfDiT
-
     from diffusers.utils import logging as diffusers_logging
+
+    from .core.model import InfDiT
 
     diffusers_logging.set_verbosity_error()  # no hub or dtype chatter for a local, offline model dir
     path = Path(path)
@@ -53,6 +60,12 @@ def load_model_dir(path: str | Path):
         return InfDiT.from_pretrained(path, local_files_only=True, use_safetensors=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as exc:
         raise BadInput(f"cannot load model dir {path}: {str(exc).splitlines()[0]}") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> InfDiT:
+    """Load a model dir (config.json + safetensors, as save_pretrained writes) for inference."""
+    model = load_model_dir(path).to(device)
+    return (model if dtype == torch.float32 else model.to(dtype)).eval()
 
 
 def save_model_dir(model, path: str | Path) -> Path:

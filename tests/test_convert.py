@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from streamsr import api
 from streamsr.cli import main
 from streamsr.convert import convert_infdit
-from streamsr.errors import BadInput
 from streamsr.core.rope import rope_angles
+from streamsr.errors import BadInput
 from streamsr.weights import WEIGHTS_NAME, load_model_dir, model_hash
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_model
 from PIL import Image
 
-from conftest import random_model
 from streamsr.config import ModelConfig
 
 pytest.importorskip("skimage")

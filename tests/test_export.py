@@ -1,4 +1,4 @@
-"""streamsr.io.export and the streaming readers of streamsr.io.imageio: pyramids, formats, bounded memory.
+"""streamsr.io.export (and streamsr.jobs.export): pyramids, formats, output paths, atomicity, bounded memory.
 
 The big case is a 9500 x 9500 RGB output (90.25 MP, above Pillow's 89.5 MP limit) in a zarr array
 padded to 9600 x 9600 like a job's; it is exported to TIFF, OME-Zarr and DZI by child processes
@@ -7,26 +7,32 @@ whose peak RSS (VmHWM) is compared with that of a 4x smaller crop (4750 x 4750) 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-import png
 import pytest
 import tifffile
 import zarr
 from PIL import Image
 
-from streamsr.io import export as ex
-from streamsr.io import imageio
 from streamsr.errors import BadInput
-from streamsr.io.imageio import OutputError, iter_row_bands, probe, read_image, to_uint
+from streamsr.io import export as ex
+from streamsr.io.depth import to_uint
+from streamsr.io.export import base, check_export_path
+from streamsr.io.export.dzi import dzi_sizes, dzi_tile_counts
+from streamsr.io.probe import probe
+from streamsr.io.problems import OutputError
+from streamsr.io.pyramid import pyramid_sizes
+from streamsr.io.read import iter_row_bands, read_image
+from streamsr.jobs.export import export_job
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG = 9500  # 90.25 MP > PIL.Image.MAX_IMAGE_PIXELS (89.48 MP)
@@ -75,6 +81,13 @@ def one_line(exc_info) -> str:
     return message
 
 
+def assert_one_line(exc_info, path) -> str:
+    """The error's message: one line, no outer blanks, naming `path`."""
+    message = one_line(exc_info)
+    assert message.strip() == message and str(path) in message
+    return message
+
+
 # --------------------------------------------------------------------------- the big case
 
 
@@ -97,9 +110,9 @@ def peak():
 
 arr = zarr.open_array(src, mode="r")
 stem, _, suffix = out.rpartition(".")
-export_array(arr, (small, small), f"{stem}-small.{suffix}", fmt, **opts)
+export_array(arr, (small, small), f"{stem}-small.{suffix}", fmt=fmt, **opts)
 hwm = [peak()]
-export_array(arr, (big, big), out, fmt, **opts)
+export_array(arr, (big, big), out, fmt=fmt, **opts)
 hwm.append(peak())
 print(json.dumps(hwm))
 """
@@ -128,7 +141,7 @@ def source_bands(src: Path, size: int, rows: int = 512):
 def test_big_tiff_pyramid_bounded_rss(big_source, tmp_path):
     out = tmp_path / "big.tif"
     assert_bounded(*export_in_child(big_source, "tiff", out))
-    sizes = ex.pyramid_sizes(BIG, BIG)
+    sizes = pyramid_sizes(BIG, BIG)
     assert sizes[-1] == (297, 297) and all(max(s) >= 512 for s in sizes[:-1])
     with tifffile.TiffFile(out) as tf:
         assert tf.is_bigtiff
@@ -148,7 +161,7 @@ def test_big_tiff_pyramid_bounded_rss(big_source, tmp_path):
 def test_big_ome_zarr_bounded_rss(big_source, tmp_path):
     out = tmp_path / "big.ome.zarr"
     assert_bounded(*export_in_child(big_source, "zarr", out))
-    sizes = ex.pyramid_sizes(BIG, BIG)
+    sizes = pyramid_sizes(BIG, BIG)
     meta = json.loads((out / "zarr.json").read_text())
     assert meta["zarr_format"] == 3 and meta["node_type"] == "group"
     ome = meta["attributes"]["ome"]
@@ -206,7 +219,7 @@ def test_big_dzi_bounded_rss(big_source, tmp_path):
     assert (width, height) == (BIG, BIG)
     assert attrib["TileSize"] == "254" and attrib["Overlap"] == "1" and attrib["Format"] == "jpg"
     files = tmp_path / "big_files"
-    counts = ex.dzi_tile_counts(BIG, BIG)
+    counts = dzi_tile_counts(BIG, BIG)
     assert len(counts) == 15 == (BIG - 1).bit_length() + 1  # levels 0 (1x1) .. 14 (full size)
     assert sorted(int(p.name) for p in files.iterdir()) == list(range(15))
     for level, (cols, rows) in enumerate(counts):
@@ -215,7 +228,7 @@ def test_big_dzi_bounded_rss(big_source, tmp_path):
     assert Image.open(files / "0" / "0_0.jpg").size == (1, 1)
     # Tiles of a mid level (11: 1188 x 1188, an 8x reduction) and of full size (14) are byte for byte
     # the JPEG (quality 90, as exported) of the reference pixels: exact, despite JPEG's losses.
-    sizes = ex.dzi_sizes(BIG, BIG)
+    sizes = dzi_sizes(BIG, BIG)
     assert sizes[3] == (1188, 1188)
     src = zarr.open_array(os.fspath(big_source), mode="r")
     for level, factor in ((11, 8), (14, 1)):
@@ -232,34 +245,7 @@ def test_big_dzi_bounded_rss(big_source, tmp_path):
             assert (files / str(level) / f"{col}_{row}.jpg").read_bytes() == encoded.getvalue(), (level, col, row)
 
 
-# --------------------------------------------------------------------------- exact pyramids, small
-
-
-@pytest.mark.parametrize("shape", [(7, 9, 3), (8, 9, 1), (7, 8, 2), (1, 1, 3), (1, 5, 4), (5, 1, 3), (64, 33, 3)])
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_reduce2_matches_reference(shape, dtype):
-    img = np.random.default_rng(shape[0] * 7 + shape[1]).integers(0, np.iinfo(dtype).max, shape, endpoint=True)
-    img = img.astype(dtype)
-    padded = np.concatenate([img, img[-1:]]) if shape[0] % 2 else img
-    np.testing.assert_array_equal(ex.reduce2(padded), box(img, 2))
-
-
-def test_cascade_bands_of_any_size_give_the_reference_pyramid():
-    img = pattern(0, 301, 203, 3)
-    sizes = ex.dzi_sizes(301, 203)
-    got = [[] for _ in sizes]
-    cascade = ex.Cascade([lambda rows, k=k: got[k].append(rows.copy()) for k in range(len(sizes))])
-    rng = np.random.default_rng(0)
-    y = 0
-    while y < 301:
-        n = int(rng.integers(1, 40))
-        cascade.push(img[y: y + n])
-        y += n
-    cascade.finish()
-    for k, (h, w) in enumerate(sizes):
-        level = np.concatenate(got[k])
-        assert level.shape == (h, w, 3)
-        np.testing.assert_array_equal(level, box(img, 2 ** k))
+# --------------------------------------------------------------------------- formats, small
 
 
 def test_dzi_levels_are_exact_with_png_tiles_and_16_bit_becomes_8_bit(tmp_path):
@@ -270,10 +256,22 @@ def test_dzi_levels_are_exact_with_png_tiles_and_16_bit_becomes_8_bit(tmp_path):
     assert (width, height, attrib["Format"]) == (w, h, "png")
     ref8 = ((arr[:h, :w].astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     top = (w - 1).bit_length()
-    for k, (lh, lw) in enumerate(ex.dzi_sizes(h, w)):
+    for k, (lh, lw) in enumerate(dzi_sizes(h, w)):
         level = assemble_dzi_level(tmp_path / "x_files", top - k, lh, lw, "png")
         np.testing.assert_array_equal(level, box(ref8, 2 ** k))
     assert not list(tmp_path.glob("*partial*"))
+
+
+def test_dzi_level_one_row_past_a_tile_row(tmp_path):
+    """Levels 509 and 255 (= 2 x 254 + 1, 254 + 1) rows high: their last tile row holds only rows that the
+    tile row above also needed (as its overlap); it must still be cut."""
+    arr = make_source(tmp_path / "src.zarr", 512, 384, 3)
+    h, w = 509, 300
+    ex.export_array(arr, (h, w), tmp_path / "x.dzi", tile_format="png")
+    top = (h - 1).bit_length()
+    for k, (lh, lw) in enumerate(dzi_sizes(h, w)):
+        level = assemble_dzi_level(tmp_path / "x_files", top - k, lh, lw, "png")
+        np.testing.assert_array_equal(level, box(arr[:h, :w], 2 ** k))
 
 
 @pytest.mark.parametrize("channels,bit_depth,compression", [
@@ -283,7 +281,7 @@ def test_tiff_pyramid_variants(tmp_path, channels, bit_depth, compression):
     arr = make_source(tmp_path / "src.zarr", 1280, 1536, channels, dtype)
     h, w = 1100, 1499
     out = ex.export_array(arr, (h, w), tmp_path / "x.tiff", compression=compression)
-    sizes = ex.pyramid_sizes(h, w)
+    sizes = pyramid_sizes(h, w)
     assert sizes == [(1100, 1499), (550, 750), (275, 375)]
     with tifffile.TiffFile(out) as tf:
         levels = tf.series[0].levels
@@ -331,179 +329,13 @@ def test_ome_zarr_ngff_04_is_zarr_v2(tmp_path):
     np.testing.assert_array_equal(to_uint(image, 8), arr[...])
 
 
-# --------------------------------------------------------------------------- PNG by rows
-
-
-def test_png_export_beyond_pillow_limit_reads_back_by_rows(tmp_path, monkeypatch):
-    arr = make_source(tmp_path / "src.zarr", 640, 896, 3)
-    out = ex.export_array(arr, (600, 850), tmp_path / "o.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # 0.51 MP is "huge" now
-    with pytest.raises(BadInput) as exc_info:
-        read_image(out)
-    assert "850x600" in one_line(exc_info)
-    info = probe(out, stream=True)
-    assert (info.width, info.height, info.format) == (850, 600, "PNG")
-    bands = list(iter_row_bands(out, 77))
-    assert [y0 for y0, _ in bands] == list(range(0, 600, 77))
-    np.testing.assert_array_equal(to_uint(np.concatenate([b for _, b in bands]), 8), arr[:600, :850])
-
-
-def _write_pypng(path, width, height, rng, **kwargs):
-    depth = kwargs.get("bitdepth", 8)
-    planes = (1 if kwargs.get("greyscale", True) or "palette" in kwargs else 3) + bool(kwargs.get("alpha"))
-    top = len(kwargs["palette"]) if "palette" in kwargs else 2 ** depth
-    rows = rng.integers(0, top, (height, width * planes))
-    rows[: height // 2, : width * planes // 2] = top // 3  # flat areas: other filter types
-    with open(path, "wb") as fh:
-        png.Writer(width, height, **kwargs).write(fh, rows.tolist())
-    return path
-
-
-PNG_KINDS = {
-    "grey1": dict(greyscale=True, bitdepth=1), "grey4": dict(greyscale=True, bitdepth=4),
-    "grey8": dict(greyscale=True, bitdepth=8), "grey16": dict(greyscale=True, bitdepth=16),
-    "la16": dict(greyscale=True, alpha=True, bitdepth=16), "rgb8": dict(greyscale=False, bitdepth=8),
-    "rgb16": dict(greyscale=False, bitdepth=16), "rgba8": dict(greyscale=False, alpha=True, bitdepth=8),
-    "rgba16": dict(greyscale=False, alpha=True, bitdepth=16),
-    "palette2": dict(palette=[(0, 0, 0), (255, 0, 0), (0, 255, 0), (9, 9, 200)], bitdepth=2),
-    "palette8-alpha": dict(palette=[(i, 255 - i, i // 2, i) for i in range(200)], bitdepth=8),
-}
-
-
-@pytest.mark.parametrize("kind", list(PNG_KINDS))
-def test_streaming_png_reader_equals_whole_decode(tmp_path, monkeypatch, kind):
-    rng = np.random.default_rng(len(kind))
-    path = _write_pypng(tmp_path / f"{kind}.png", 83, 70, rng, **PNG_KINDS[kind])
-    whole, info = read_image(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    assert probe(path, stream=True) == info
-    for band_rows in (1, 16, 100):
-        got = np.concatenate([b for _, b in iter_row_bands(path, band_rows)])
-        np.testing.assert_array_equal(got, whole)
-
-
-def test_streaming_png_of_our_paeth_writer_16_bit(tmp_path, monkeypatch):
-    pixels = pattern(0, 130, 77, 4, np.uint16)
-    with imageio.open_writer(tmp_path / "p.png", 77, 130, 4, 16) as writer:
-        writer.write_rows(pixels)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    got = np.concatenate([b for _, b in iter_row_bands(tmp_path / "p.png", 50)])
-    np.testing.assert_array_equal(to_uint(got, 16), pixels)
-
-
-def test_huge_png_refusals(tmp_path, monkeypatch):
-    path = tmp_path / "i.png"
-    with open(path, "wb") as fh:
-        png.Writer(50, 40, greyscale=False, interlace=True).write(fh, pattern(0, 40, 50).reshape(40, -1).tolist())
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(BadInput) as exc_info:
-        probe(path, stream=True)
-    assert "interlaced" in one_line(exc_info)
-    good = _write_pypng(tmp_path / "g.png", 50, 40, np.random.default_rng(0), greyscale=False)
-    data = bytearray(good.read_bytes())
-    data[-40:-30] = bytes(10)  # break the last IDAT's CRC
-    good.write_bytes(bytes(data))
-    with pytest.raises(BadInput) as exc_info:
-        list(iter_row_bands(good, 8))
-    assert "corrupt or truncated PNG" in one_line(exc_info)
-    short = tmp_path / "s.png"
-    short.write_bytes(good.read_bytes()[: len(data) // 2])
-    with pytest.raises(BadInput) as exc_info:
-        list(iter_row_bands(short, 8))
-    assert "corrupt or truncated PNG" in one_line(exc_info)
-
-
-def test_huge_jpeg_needs_pyvips(tmp_path, monkeypatch):
-    path = tmp_path / "big.jpg"
-    Image.fromarray(pattern(0, 60, 80)).save(path, quality=92)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    monkeypatch.setattr(imageio, "_pyvips", lambda: None)
-    for stream in (False, True):
-        with pytest.raises(BadInput) as exc_info:
-            probe(path, stream=stream)
-        assert "80x60" in one_line(exc_info) and "tiled TIFF" in one_line(exc_info)
-    assert "pyvips" in one_line(exc_info)
-
-
-def test_huge_jpeg_with_pyvips(tmp_path, monkeypatch):
-    pytest.importorskip("pyvips")
-    if imageio._pyvips() is None:
-        pytest.skip("libvips cannot be loaded")
-    path = tmp_path / "big.jpg"
-    Image.fromarray(pattern(0, 60, 80)).save(path, quality=92)
-    whole, _ = read_image(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    got = np.concatenate([b for _, b in iter_row_bands(path, 16)])
-    assert np.abs(got - whole).max() <= 2 / 255
-
-
-# --------------------------------------------------------------------------- zarr input
-
-
-def test_zarr_input_layouts(tmp_path):
-    img = pattern(0, 50, 40, 3)
-    a = zarr.create_array(store=os.fspath(tmp_path / "hwc.zarr"), shape=img.shape, chunks=(16, 16, 3), dtype="uint8")
-    a[...] = img
-    b = zarr.create_array(store=os.fspath(tmp_path / "chw.zarr"), shape=(3, 50, 40), chunks=(3, 16, 16),
-                          dtype="uint8", dimension_names=("c", "y", "x"))
-    b[...] = np.moveaxis(img, -1, 0)
-    c = zarr.create_array(store=os.fspath(tmp_path / "v2.zarr"), shape=img.shape, chunks=(7, 40, 3),
-                          dtype="uint8", zarr_format=2)
-    c[...] = img
-    group = zarr.open_group(os.fspath(tmp_path / "group.zarr"), mode="w")
-    group.create_array("image", shape=img.shape, chunks=(16, 16, 3), dtype="uint8")[...] = img
-    five = zarr.create_array(store=os.fspath(tmp_path / "tczyx.zarr"), shape=(1, 3, 1, 50, 40),
-                             chunks=(1, 3, 1, 16, 16), dtype="uint8", dimension_names=("t", "c", "z", "y", "x"))
-    five[...] = np.moveaxis(img, -1, 0)[None, :, None]
-    for name in ("hwc", "chw", "v2", "group", "tczyx"):
-        path = tmp_path / f"{name}.zarr"
-        image, info = read_image(path)
-        assert (info.width, info.height, info.mode, info.format) == (40, 50, "RGB", "ZARR"), name
-        np.testing.assert_array_equal(to_uint(image, 8), img)
-        got = np.concatenate([band for _, band in iter_row_bands(path, 9)])
-        np.testing.assert_array_equal(got, image)
-    grey = zarr.create_array(store=os.fspath(tmp_path / "grey.zarr"), shape=(20, 30), chunks=(8, 8), dtype="uint16")
-    grey[...] = 1000
-    info = probe(tmp_path / "grey.zarr")
-    assert (info.mode, info.bit_depth, info.channels) == ("L", 16, 1)
-
-
-def test_input_sha256_of_files_and_zarr_stores(tmp_path):
-    import hashlib
-
-    (tmp_path / "f.bin").write_bytes(b"abc" * 1000)
-    assert imageio.input_sha256(tmp_path / "f.bin") == hashlib.sha256(b"abc" * 1000).hexdigest()
-    arr = make_source(tmp_path / "a.zarr", 40, 30, 3, chunks=(16, 16))
-    first = imageio.input_sha256(tmp_path / "a.zarr")
-    shutil.copytree(tmp_path / "a.zarr", tmp_path / "b.zarr")
-    (tmp_path / "b.zarr" / ".DS_Store").write_text("x")
-    assert imageio.input_sha256(tmp_path / "b.zarr") == first  # a copy is the same input
-    arr[0, 0, 0] = 255 - arr[0, 0, 0]
-    assert imageio.input_sha256(tmp_path / "a.zarr") != first
-
-
-def test_zarr_input_errors(tmp_path):
-    two = zarr.open_group(os.fspath(tmp_path / "two.zarr"), mode="w")
-    two.create_array("a", shape=(4, 4), dtype="uint8")
-    two.create_array("b", shape=(4, 4), dtype="uint8")
-    zarr.create_array(store=os.fspath(tmp_path / "float.zarr"), shape=(4, 4, 3), dtype="float32")
-    zarr.create_array(store=os.fspath(tmp_path / "wide.zarr"), shape=(9, 8, 7), dtype="uint8")
-    (tmp_path / "plain").mkdir()
-    cases = {"two.zarr": "2 arrays", "float.zarr": "float32", "wide.zarr": "no channel axis",
-             "plain": "is a directory"}
-    for name, expected in cases.items():
-        with pytest.raises(BadInput) as exc_info:
-            probe(tmp_path / name)
-        assert expected in one_line(exc_info) and str(tmp_path / name) in one_line(exc_info)
-
-
 # --------------------------------------------------------------------------- paths, atomicity, jobs
 
 
 def test_format_and_path_checks(tmp_path):
     assert [ex.export_format(f"a{s}") for s in (".png", ".TIF", ".tiff", ".ome.zarr", ".dzi")] == \
         ["png", "tiff", "tiff", "zarr", "dzi"]
-    assert ex.export_format("a.tif", "TIF") == "tiff"
+    assert ex.export_format("a.tif", fmt="TIF") == "tiff"
     (tmp_path / "notzarr.zarr").mkdir()
     (tmp_path / "notzarr.zarr" / "x").write_text("x")
     (tmp_path / "d_files").mkdir()
@@ -513,7 +345,7 @@ def test_format_and_path_checks(tmp_path):
              ("notzarr.zarr", None, "not a zarr store"), ("d.dzi", None, "not a DeepZoom tile folder")]
     for name, fmt, expected in cases:
         with pytest.raises(BadInput) as exc_info:
-            ex.check_export_path(tmp_path / name, fmt)
+            check_export_path(tmp_path / name, fmt=fmt)
         assert expected in one_line(exc_info)
 
 
@@ -524,7 +356,7 @@ def test_disk_full_gives_output_error_and_keeps_the_old_target(tmp_path, monkeyp
     ex.export_array(arr, (600, 700), target)  # an older export that must survive
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if "src.zarr" not in p.parts)
     calls = {"n": 0}
-    real = ex.Source.bands
+    real = base.ArraySource.bands
 
     def failing(self, *args, **kwargs):
         for item in real(self, *args, **kwargs):
@@ -533,7 +365,7 @@ def test_disk_full_gives_output_error_and_keeps_the_old_target(tmp_path, monkeyp
                 raise OSError(28, "No space left on device")
             yield item
 
-    monkeypatch.setattr(ex.Source, "bands", failing)
+    monkeypatch.setattr(base.ArraySource, "bands", failing)
     with pytest.raises(OutputError) as exc_info:
         ex.export_array(arr, (1000, 700), target)
     message = one_line(exc_info)
@@ -554,42 +386,88 @@ def test_replacing_an_existing_export(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.dzi", "o.zarr", "o_files", "src.zarr"]
 
 
-def make_job(root: Path, status: str, mode: str = "RGBA", lr=(40, 50), block=64, cursor=10, total=10):
-    from streamsr.config import SR_SCALE
+def test_check_output_path_ok(tmp_path):
+    assert check_export_path(str(tmp_path / "a.PNG")) == (tmp_path / "a.PNG", "png")
+    assert check_export_path(tmp_path / "a.tiff") == (tmp_path / "a.tiff", "tiff")
+    assert list(tmp_path.iterdir()) == []  # the writability probe cleaned up
 
-    channels = len(mode)
-    lh, lw = lr
-    hh, hw = -(-lh * SR_SCALE // block) * block, -(-lw * SR_SCALE // block) * block
+
+@pytest.mark.parametrize("name,expected", [
+    ("out.jpg", "supported: .png, .tif, .tiff, .zarr, .dzi"),
+    ("out", "(no suffix)"),
+    ("missing/out.png", "does not exist"),
+    ("adir.png", "is a directory"),
+    ("afile/out.png", "is not a directory"),
+])
+def test_check_output_path_errors(tmp_path, name, expected):
+    (tmp_path / "adir.png").mkdir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BadInput) as exc_info:
+        check_export_path(tmp_path / name)
+    assert expected in assert_one_line(exc_info, tmp_path / name)
+
+
+def test_check_output_path_read_only_dir(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(BadInput) as exc_info:
+        check_export_path(tmp_path / "out.png")
+    message = assert_one_line(exc_info, tmp_path / "out.png")
+    assert "cannot write to directory" in message and "Permission denied" in message
+
+
+# --------------------------------------------------------------------------- jobs (streamsr.jobs.export)
+
+
+def make_job(root: Path, status: str, mode: str = "RGBA", lr=(40, 50), block=64, cursor=10, total=10):
+    """An x4 job dir with an output array and the manifest of a job in `status` at task `cursor` of
+    `total` (what the export reads; the model, input and settings are placeholders)."""
+    from streamsr.config import JobConfig, ModelConfig
+    from streamsr.jobs.manifest import Geometry, InputInfo, Manifest, ModelRef, OutputRef
+    from streamsr.jobs.store import JobDir
+
+    job_dir, channels, (lh, lw) = JobDir(root), len(mode), lr
+    geo = Geometry(lh, lw, block)
+    hh, hw = geo.hr_padded
     root.mkdir(parents=True)
-    group = zarr.open_group(os.fspath(root / "state.zarr"), mode="w")
+    group = zarr.open_group(os.fspath(job_dir.store), mode="w")
     out = group.create_array("output", shape=(hh, hw, channels), chunks=(block, block, channels), dtype="uint8",
                              fill_value=0)
     out[...] = pattern(0, hh, hw, channels)
-    manifest = {"format": "streamsr-job/1", "status": status, "cursor": cursor, "total_tasks": total,
-                "geometry": {"lr_height": lh, "lr_width": lw, "block_size": block},
-                "input": {"mode": mode, "bit_depth": 8}, "output": {"path": None}}
-    (root / "job.json").write_text(json.dumps(manifest))
+    manifest = Manifest(stage="x4", status=status, created="", geometry=geo, total_tasks=total, cursor=cursor,
+                        model=ModelRef("/models/none", "0" * 64, ModelConfig(block_size=block)),
+                        input=InputInfo("/data/in.png", "1" * 64, lw, lh, mode, 8), output=OutputRef(None),
+                        job=JobConfig(), sigmas=(80.0, 0.0))
+    job_dir.manifest.write_text(json.dumps(manifest.to_json()))
     return out
 
 
 def test_export_job(tmp_path):
+    from streamsr.jobs.store import JobDir
+
     out = make_job(tmp_path / "job", "done")
-    path = ex.export_job(tmp_path / "job", tmp_path / "o.png")
+    path = export_job(tmp_path / "job", tmp_path / "o.png")
     image, info = read_image(path)
     assert (info.width, info.height, info.mode) == (200, 160, "RGBA")  # cropped x4 size, alpha kept
     np.testing.assert_array_equal(to_uint(image, 8), out[:160, :200])
-    ex.export_job(tmp_path / "job", tmp_path / "o.dzi", tile_format="png")
+    export_job(tmp_path / "job", tmp_path / "o.dzi", tile_format="png")
     assert (tmp_path / "o_files" / "8" / "0_0.png").is_file()
     make_job(tmp_path / "running", "running", cursor=3, total=10)
     with pytest.raises(BadInput) as exc_info:
-        ex.export_job(tmp_path / "running", tmp_path / "r.png")
+        export_job(tmp_path / "running", tmp_path / "r.png")
     assert "not finished" in one_line(exc_info) and "streamsr resume" in one_line(exc_info)
     make_job(tmp_path / "exporting", "running", "L", cursor=9, total=10)  # only the export task left
-    assert probe(ex.export_job(tmp_path / "exporting", tmp_path / "e.tif")).mode == "L"
-    (tmp_path / "chain").mkdir()
-    (tmp_path / "chain" / "chain.json").write_text("{}")
-    make_job(tmp_path / "chain" / "stage2", "done", "RGB")
-    assert probe(ex.export_job(tmp_path / "chain", tmp_path / "c.zarr")).mode == "RGB"
+    assert probe(export_job(tmp_path / "exporting", tmp_path / "e.tif")).mode == "L"
+    chain = JobDir(tmp_path / "chain")
+    chain.root.mkdir()
+    chain.chain.write_text("{}")
+    with pytest.raises(BadInput) as exc_info:  # stage 2 has not started
+        export_job(chain.root, tmp_path / "c.zarr")
+    assert "second stage" in one_line(exc_info) and "streamsr resume" in one_line(exc_info)
+    make_job(chain.stage(2).root, "done", "RGB")
+    assert probe(export_job(chain.root, tmp_path / "c.zarr")).mode == "RGB"
     with pytest.raises(BadInput):
-        ex.export_job(tmp_path / "nowhere", tmp_path / "n.png")
+        export_job(tmp_path / "nowhere", tmp_path / "n.png")
     assert not list(tmp_path.glob("r.*")) and not list(tmp_path.glob("n.*"))

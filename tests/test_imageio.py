@@ -1,23 +1,31 @@
-"""streamsr.io.imageio: probing, reading, band reading, streaming writers and their failure modes."""
+"""streamsr.io probe / read / write / atomic: probing, reading (whole, by bands; PNG, JPEG, TIFF, zarr),
+streaming writers and their failure modes."""
 
 from __future__ import annotations
 
 import errno
 import io
+import os
+import shutil
 import struct
-import tempfile
 import zlib
 
 import numpy as np
 import pytest
 import tifffile
+import zarr
 from PIL import Image
+from test_export import assert_one_line, make_source, one_line, pattern
 
-from streamsr.io import imageio
 from streamsr.errors import BadInput, StreamsrError
-from streamsr.io.imageio import (
-    ImageInfo, OutputError, check_output_path, iter_row_bands, open_writer, probe, read_image, to_uint,
-)
+from streamsr.io import atomic
+from streamsr.io import probe as probe_module
+from streamsr.io.depth import to_uint
+from streamsr.io.info import ImageInfo
+from streamsr.io.probe import input_sha256, probe
+from streamsr.io.problems import OutputError
+from streamsr.io.read import iter_row_bands, read_image
+from streamsr.io.write import open_writer
 
 CHUNKS = (1, 7, 100, 3, 150, 1000)  # uneven write_rows sizes that cover every height used
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -37,13 +45,6 @@ def write_in_chunks(path, pixels, bit_depth, **kwargs):
             writer.write_rows(pixels[y: y + n])
             y = min(height, y + n)
     return path
-
-
-def assert_one_line(exc_info, path):
-    message = str(exc_info.value)
-    assert "\n" not in message and message.strip() == message and message
-    assert str(path) in message
-    return message
 
 
 def small_png(path, size=(5, 4), mode="RGB"):
@@ -207,7 +208,7 @@ def test_abort_midway_keeps_existing_target(tmp_path, suffix):
     with pytest.raises(RuntimeError, match="boom"):
         with open_writer(target, 40, 300, 3, 8) as writer:
             writer.write_rows(pixels[:260])  # one TIFF tile row already handed to tifffile
-            assert imageio.partial_path(target).exists()
+            assert atomic.partial_path(target).exists()
             raise RuntimeError("boom")
     assert target.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
@@ -257,7 +258,7 @@ class _FullDisk(io.FileIO):
 
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_disk_full_gives_output_error(tmp_path, monkeypatch, suffix):
-    monkeypatch.setattr(imageio, "_open_temp", lambda path: io.BufferedWriter(_FullDisk(path, "w")))
+    monkeypatch.setattr(atomic, "open_temp", lambda path: io.BufferedWriter(_FullDisk(path, "w")))
     target = tmp_path / f"out{suffix}"
     target.write_bytes(b"old")
     pixels = random_pixels(512, 300, 3, 8)  # noise: does not compress below 4 KiB
@@ -269,41 +270,6 @@ def test_disk_full_gives_output_error(tmp_path, monkeypatch, suffix):
     assert "No space left on device" in message
     assert exc_info.value.exit_code == 1 and isinstance(exc_info.value, StreamsrError)
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
-
-
-# --------------------------------------------------------------------------- output path checks
-
-
-def test_check_output_path_ok(tmp_path):
-    assert check_output_path(str(tmp_path / "a.PNG")) == tmp_path / "a.PNG"
-    assert check_output_path(tmp_path / "a.tiff") == tmp_path / "a.tiff"
-    assert list(tmp_path.iterdir()) == []  # the writability probe cleaned up
-
-
-@pytest.mark.parametrize("name,expected", [
-    ("out.jpg", "supported: .png, .tif, .tiff"),
-    ("out", "(no suffix)"),
-    ("missing/out.png", "does not exist"),
-    ("adir.png", "is a directory"),
-    ("afile/out.png", "is not a directory"),
-])
-def test_check_output_path_errors(tmp_path, name, expected):
-    (tmp_path / "adir.png").mkdir()
-    (tmp_path / "afile").write_text("x")
-    with pytest.raises(BadInput) as exc_info:
-        check_output_path(tmp_path / name)
-    assert expected in assert_one_line(exc_info, tmp_path / name)
-
-
-def test_check_output_path_read_only_dir(tmp_path, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied")
-
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    with pytest.raises(BadInput) as exc_info:
-        check_output_path(tmp_path / "out.png")
-    message = assert_one_line(exc_info, tmp_path / "out.png")
-    assert "cannot write to directory" in message and "Permission denied" in message
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -459,3 +425,90 @@ def test_truncated_tiff_data_gives_bad_input(tmp_path):
     with pytest.raises(BadInput) as exc_info:
         list(iter_row_bands(path, 64))
     assert "corrupt TIFF" in assert_one_line(exc_info, path)
+
+
+# --------------------------------------------------------------------------- JPEG beyond Pillow's limit
+
+
+def test_huge_jpeg_needs_pyvips(tmp_path, monkeypatch):
+    path = tmp_path / "big.jpg"
+    Image.fromarray(pattern(0, 60, 80)).save(path, quality=92)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(probe_module, "pyvips_or_none", lambda: None)
+    for stream in (False, True):
+        with pytest.raises(BadInput) as exc_info:
+            probe(path, stream=stream)
+        assert "80x60" in one_line(exc_info) and "tiled TIFF" in one_line(exc_info)
+    assert "pyvips" in one_line(exc_info)
+
+
+def test_huge_jpeg_with_pyvips(tmp_path, monkeypatch):
+    pytest.importorskip("pyvips")
+    if probe_module.pyvips_or_none() is None:
+        pytest.skip("libvips cannot be loaded")
+    path = tmp_path / "big.jpg"
+    Image.fromarray(pattern(0, 60, 80)).save(path, quality=92)
+    whole, _ = read_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    got = np.concatenate([b for _, b in iter_row_bands(path, 16)])
+    assert np.abs(got - whole).max() <= 2 / 255
+
+
+# --------------------------------------------------------------------------- zarr input (streamsr.io.zarr_input)
+
+
+def test_zarr_input_layouts(tmp_path):
+    img = pattern(0, 50, 40, 3)
+    a = zarr.create_array(store=os.fspath(tmp_path / "hwc.zarr"), shape=img.shape, chunks=(16, 16, 3), dtype="uint8")
+    a[...] = img
+    b = zarr.create_array(store=os.fspath(tmp_path / "chw.zarr"), shape=(3, 50, 40), chunks=(3, 16, 16),
+                          dtype="uint8", dimension_names=("c", "y", "x"))
+    b[...] = np.moveaxis(img, -1, 0)
+    c = zarr.create_array(store=os.fspath(tmp_path / "v2.zarr"), shape=img.shape, chunks=(7, 40, 3),
+                          dtype="uint8", zarr_format=2)
+    c[...] = img
+    group = zarr.open_group(os.fspath(tmp_path / "group.zarr"), mode="w")
+    group.create_array("image", shape=img.shape, chunks=(16, 16, 3), dtype="uint8")[...] = img
+    five = zarr.create_array(store=os.fspath(tmp_path / "tczyx.zarr"), shape=(1, 3, 1, 50, 40),
+                             chunks=(1, 3, 1, 16, 16), dtype="uint8", dimension_names=("t", "c", "z", "y", "x"))
+    five[...] = np.moveaxis(img, -1, 0)[None, :, None]
+    for name in ("hwc", "chw", "v2", "group", "tczyx"):
+        path = tmp_path / f"{name}.zarr"
+        image, info = read_image(path)
+        assert (info.width, info.height, info.mode, info.format) == (40, 50, "RGB", "ZARR"), name
+        np.testing.assert_array_equal(to_uint(image, 8), img)
+        got = np.concatenate([band for _, band in iter_row_bands(path, 9)])
+        np.testing.assert_array_equal(got, image)
+    grey = zarr.create_array(store=os.fspath(tmp_path / "grey.zarr"), shape=(20, 30), chunks=(8, 8), dtype="uint16")
+    grey[...] = 1000
+    info = probe(tmp_path / "grey.zarr")
+    assert (info.mode, info.bit_depth, info.channels) == ("L", 16, 1)
+
+
+def test_input_sha256_of_files_and_zarr_stores(tmp_path):
+    import hashlib
+
+    (tmp_path / "f.bin").write_bytes(b"abc" * 1000)
+    assert input_sha256(tmp_path / "f.bin") == hashlib.sha256(b"abc" * 1000).hexdigest()
+    arr = make_source(tmp_path / "a.zarr", 40, 30, 3, chunks=(16, 16))
+    first = input_sha256(tmp_path / "a.zarr")
+    shutil.copytree(tmp_path / "a.zarr", tmp_path / "b.zarr")
+    (tmp_path / "b.zarr" / ".DS_Store").write_text("x")
+    assert input_sha256(tmp_path / "b.zarr") == first  # a copy is the same input
+    arr[0, 0, 0] = 255 - arr[0, 0, 0]
+    assert input_sha256(tmp_path / "a.zarr") != first
+
+
+def test_zarr_input_errors(tmp_path):
+    two = zarr.open_group(os.fspath(tmp_path / "two.zarr"), mode="w")
+    two.create_array("a", shape=(4, 4), dtype="uint8")
+    two.create_array("b", shape=(4, 4), dtype="uint8")
+    zarr.create_array(store=os.fspath(tmp_path / "float.zarr"), shape=(4, 4, 3), dtype="float32")
+    zarr.create_array(store=os.fspath(tmp_path / "wide.zarr"), shape=(9, 8, 7), dtype="uint8")
+    (tmp_path / "plain").mkdir()
+    cases = {"two.zarr": "2 arrays", "float.zarr": "float32", "wide.zarr": "no channel axis",
+             "plain": "is a directory"}
+    for name, expected in cases.items():
+        with pytest.raises(BadInput) as exc_info:
+            probe(tmp_path / name)
+        assert expected in one_line(exc_info) and str(tmp_path / name) in one_line(exc_info)

@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import random_model
 from PIL import Image
 
 from streamsr import api
-from streamsr.core import anchoring
 from streamsr.cli import main
 from streamsr.config import ModelConfig
-from streamsr.jobs.run import reflect_index
-from streamsr.jobs.store import read_manifest
-
-from conftest import random_model
+from streamsr.core import anchoring
+from streamsr.jobs.create import reflect_index
+from streamsr.jobs.store import read_manifest, state_array
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,8 +59,7 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def final_state(job: Path) -> np.ndarray:
-    m = read_manifest(job)
-    return zarr.open_group(job / "state.zarr", mode="r")[f"state{m['job']['steps'] % 2}"][...]
+    return zarr.open_group(job / "state.zarr", mode="r")[state_array(read_manifest(job).job.steps)][...]
 
 
 def padded_lr(path: Path, block: int) -> torch.Tensor:
@@ -125,16 +123,16 @@ def test_sigkill_at_every_kind_of_point_then_resume_is_bit_identical(work, tmp_p
     first = run_sub("upscale", work / "in.png", "-o", out, "--job", job, *args, STREAMSR_TEST_KILL=points[0])
     assert first.returncode == -signal.SIGKILL, first.stderr
     for point in points[1:]:
-        before = read_manifest(job)["cursor"]
+        before = read_manifest(job).cursor
         res = run_sub("resume", job, "-q", STREAMSR_TEST_KILL=point)
         assert res.returncode == -signal.SIGKILL, (point, res.stderr)
-        assert read_manifest(job)["cursor"] >= before
+        assert read_manifest(job).cursor >= before
     assert not list(tmp_path.glob("out.partial*"))  # the output appears only whole
     done = run_sub("resume", job, "-q")
     assert done.returncode == 0, done.stderr
     assert np.array_equal(final_state(job), final_state(tmp_path / "ref"))
     assert out.read_bytes() == (tmp_path / "ref.png").read_bytes()
-    assert read_manifest(job)["status"] == "done"
+    assert read_manifest(job).status == "done"
 
 
 def test_random_sigkills_and_ctrl_c_then_resume_is_bit_identical(work, tmp_path):
@@ -146,11 +144,11 @@ def test_random_sigkills_and_ctrl_c_then_resume_is_bit_identical(work, tmp_path)
     cmd = [sys.executable, "-m", "streamsr", "upscale", work / "in.png", "-o", out, "--job", job, *args]
     kills = 0
     for attempt in range(6):
-        start = read_manifest(job)["cursor"] if (job / "job.json").exists() else -1
+        start = read_manifest(job).cursor if (job / "job.json").exists() else -1
         proc = subprocess.Popen([str(c) for c in cmd], env=sub_env(), stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:  # wait until this run commits a task,
-            if (job / "job.json").exists() and read_manifest(job)["cursor"] > start:  # then strike at random
+            if (job / "job.json").exists() and read_manifest(job).cursor > start:  # then strike at random
                 break
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.5))
@@ -162,11 +160,11 @@ def test_random_sigkills_and_ctrl_c_then_resume_is_bit_identical(work, tmp_path)
             else:  # Ctrl-C: a clean stop at a task boundary with exit code 130 and a resume hint
                 proc.send_signal(signal.SIGINT)
                 _, err = proc.communicate(timeout=120)
-                if proc.returncode in (0, -signal.SIGINT) and read_manifest(job)["status"] == "done":
+                if proc.returncode in (0, -signal.SIGINT) and read_manifest(job).status == "done":
                     break  # the signal came after the job had finished (during interpreter exit)
                 assert proc.returncode == 130, err
                 assert "streamsr resume" in err and "Traceback" not in err
-                assert read_manifest(job)["status"] == "interrupted"
+                assert read_manifest(job).status == "interrupted"
         else:
             proc.communicate()
             assert proc.returncode == 0
@@ -254,13 +252,13 @@ def test_job_from_another_model_is_refused_and_stays_resumable(work, tmp_path, c
     job = tmp_path / "job"
     run_sub("upscale", work / "in.png", "-o", tmp_path / "o.png", "--model", work / "model", "--steps", 1,
             "--job", job, "-q", STREAMSR_TEST_KILL="4:before-commit")
-    cursor = read_manifest(job)["cursor"]
+    cursor = read_manifest(job).cursor
     assert run_cli("upscale", work / "in.png", "-o", tmp_path / "o.png", "--model", other, "--steps", 1,
                    "--job", job, "-q") == 2
     assert "another model" in one_line_error(capsys)
     assert run_cli("resume", job, "--model", other, "-q") == 2
     assert "not the one" in one_line_error(capsys)
-    assert read_manifest(job)["cursor"] == cursor
+    assert read_manifest(job).cursor == cursor
     assert run_cli("resume", job, "-q") == 0
     assert (tmp_path / "o.png").is_file()
 
@@ -276,7 +274,7 @@ def test_full_disk_fails_cleanly_and_resumes(work, tmp_path, capsys, monkeypatch
     def failing_write(self, name, box, value):
         calls["n"] += 1
         if calls["n"] == 9:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.root / "state.zarr"))
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.dir.store))
         return real_write(self, name, box, value)
 
     monkeypatch.setattr(store_mod.JobStore, "write", failing_write)
@@ -321,7 +319,7 @@ def test_x16_by_chaining_two_jobs(work, tmp_path):
     assert run_cli("upscale", src, "-o", out, "--model", work / "model", "--steps", 1, "--scale", 16,
                    "--job", job, "--anchor", "none", "-q") == 0
     assert pixels(out).shape == (80, 112, 3)
-    assert read_manifest(job / "stage2")["input"]["width"] == 28
+    assert read_manifest(job / "stage2").input.width == 28
     assert run_cli("status", job) == 0
 
 
@@ -333,14 +331,14 @@ def test_ctrl_c_stops_at_a_task_boundary_and_resume_is_bit_identical(work, tmp_p
     cmd = [sys.executable, "-m", "streamsr", "upscale", work / "in.png", "-o", out, "--job", job, *args]
     proc = subprocess.Popen([str(c) for c in cmd], env=sub_env(), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not ((job / "job.json").exists() and read_manifest(job)["cursor"] > 20):
+    while time.monotonic() < deadline and not ((job / "job.json").exists() and read_manifest(job).cursor > 20):
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert f"streamsr resume {job}" in err and "Traceback" not in err
     m = read_manifest(job)
-    assert m["status"] == "interrupted" and 20 < m["cursor"] < m["total_tasks"]
+    assert m.status == "interrupted" and 20 < m.cursor < m.total_tasks
     assert not out.exists() and not list((job / "state.zarr").rglob("*.partial"))
     done = run_sub("resume", job, "-q")
     assert done.returncode == 0, done.stderr
@@ -351,9 +349,9 @@ def test_ctrl_c_stops_at_a_task_boundary_and_resume_is_bit_identical(work, tmp_p
 def test_semantic_vector_from_a_model_dir_encoder_with_text_direction(work, tmp_path, monkeypatch):
     """A self-contained model dir names its open_clip encoder; the job conditions on its LR embedding."""
     from safetensors.torch import save_file
-
-    from streamsr.semantic.encoders import SemanticSpec, semantic_vector, write_spec
     from test_semantic import TINY_CFG, _tiny_clip
+
+    from streamsr.semantic import SemanticSpec, semantic_vector, write_spec
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model_dir = tmp_path / "model"
@@ -385,7 +383,7 @@ def test_frontier_placement_and_budget_do_not_change_the_output(work, tmp_path, 
     killed = run_sub("upscale", work / "in.png", "-o", tmp_path / "disk.png", "--frontier", "disk", "--job", job,
                      *args, STREAMSR_TEST_KILL="9:mid-write")
     assert killed.returncode == -signal.SIGKILL
-    assert read_manifest(job)["job"]["placement"] == "disk"
+    assert read_manifest(job).job.placement == "disk"
     assert run_cli("resume", job, "-q") == 0
     assert (tmp_path / "disk.png").read_bytes() == (tmp_path / "ref.png").read_bytes()
     assert run_cli("status", job) == 0
@@ -398,7 +396,7 @@ def test_frontier_placement_and_budget_do_not_change_the_output(work, tmp_path, 
 
 def test_shipped_default_model_runs_the_main_job(tmp_path):
     """No --model: the model inside the package, with its recommended settings, upscales x4."""
-    from streamsr.jobs.run import default_model_dir
+    from streamsr.jobs.create import default_model_dir
     from streamsr.weights import model_defaults, read_model_defaults
 
     assert (default_model_dir() / "config.json").is_file()
@@ -410,8 +408,8 @@ def test_shipped_default_model_runs_the_main_job(tmp_path):
     out = pixels(tmp_path / "out.png")
     assert out.shape == (96, 160, 3)
     m = read_manifest(job)
-    assert m["job"]["steps"] == settings["steps"] and m["job"]["sigma_max"] == settings["sigma_max"]
-    assert m["model"]["config"]["vector_dim"] > 0  # its learned semantic encoder ran
+    assert m.job.steps == settings["steps"] and m.job.sigma_max == settings["sigma_max"]
+    assert m.model.config.vector_dim > 0  # its learned semantic encoder ran
     bicubic = np.asarray(Image.open(src).resize((160, 96), Image.BICUBIC), dtype=float)
     assert np.abs(out.astype(float) - bicubic).mean() < 20  # a faithful x4, not noise
     # the two named operating points: the default is fidelity; --mode detail takes the detail schedule,
@@ -423,5 +421,5 @@ def test_shipped_default_model_runs_the_main_job(tmp_path):
     assert run_cli("upscale", src, "-o", tmp_path / "detail.png", "--job", tmp_path / "jd", "--mode", "detail",
                    "--steps", 1, "-q") == 0
     m = read_manifest(tmp_path / "jd")
-    assert m["job"]["sigma_max"] == detail["sigma_max"] and m["job"]["steps"] == 1
+    assert m.job.sigma_max == detail["sigma_max"] and m.job.steps == 1
     assert pixels(tmp_path / "detail.png").shape == out.shape

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import kit_dir
 from safetensors.torch import load_file
 
 from streamsr import api
 from streamsr.convert import convert_infdit
+from streamsr.core.denoiser import denoise_full, embedding
 from streamsr.core.sampler import karras_sigmas
-
-from conftest import kit_dir
 
 KIT_TOL = 1e-4  # DESIGN.md section 1: equal to the official full mode on the kits
 
@@ -55,9 +55,9 @@ def test_denoiser_matches_official_full(kit, mode, batch):
 def test_layer_hidden_states_match(kit):
     _, model, inputs, outputs = kit
     with torch.no_grad():
-        _, hidden = model(inputs["x_noisy"], inputs["sigma"], inputs["concat_lr"], inputs["lr"], inputs["vector"],
-                          return_hidden=True)
-        emb = model.embedding(inputs["sigma"], inputs["vector"])
+        _, hidden = denoise_full(model, inputs["x_noisy"], inputs["sigma"], concat_lr=inputs["concat_lr"],
+                                 lr=inputs["lr"], vector=inputs["vector"], return_hidden=True)
+        emb = embedding(model, inputs["sigma"], inputs["vector"])
     assert (emb - outputs["emb"]).abs().max() <= 1e-5
     assert len(hidden) == model.cfg.layers
     for layer, h in enumerate(hidden):

@@ -7,19 +7,20 @@ import random
 
 import pytest
 import torch
+from conftest import random_inputs, random_model
 
 from streamsr import api
-from streamsr.stream import memory
-from streamsr.core.attention import get_kernel
 from streamsr.cli import main
 from streamsr.config import ModelConfig
-from streamsr.stream.engine import batch_box, denoise_batch
+from streamsr.core.attention import get_kernel
+from streamsr.core.denoiser import embedding
+from streamsr.core.grid import image_to_blocks
+from streamsr.core.model import InfDiT
+from streamsr.stream import memory
+from streamsr.stream.engine import denoise_batch
 from streamsr.stream.frontier import Frontier
+from streamsr.stream.planner import BatchShape, Grid, batch_box, frontier_bound, frontier_plan
 from tools.memtrace import TensorBytes
-from streamsr.core.model import InfDiT, image_to_blocks
-from streamsr.stream.planner import BatchShape, Grid, frontier_bound, frontier_plan
-
-from conftest import random_inputs, random_model
 
 CONFIGS = [ModelConfig.tiny(),
            ModelConfig(block_size=64, patch_size=4, hidden=64, heads=4, layers=2, mlp_hidden=256, lr_patch=2,
@@ -33,14 +34,15 @@ def measured_sweep_bytes(model, x, lr, vector, batch, placement, spill=None) -> 
     grid, shape = Grid(x.shape[-2] // cfg.block_size, x.shape[-1] // cfg.block_size), BatchShape(*batch)
     plan = frontier_plan(grid, shape)
     sigma = torch.tensor([1.0])
-    emb = model.embedding(sigma, vector)
+    emb = embedding(model, sigma, vector)
     with TensorBytes() as tb, torch.no_grad():
         base = tb.held
         frontier = Frontier(frontier_bound(grid, shape), cfg.layers, placement, x.device, spill)
-        for b in plan.batches:
-            y0, y1, x0, x1 = batch_box(b, cfg.block_size)
-            denoise_batch(model, b, plan, frontier, image_to_blocks(x[..., y0:y1, x0:x1], cfg.block_size),
-                          image_to_blocks(up[..., y0:y1, x0:x1], cfg.block_size), lr, sigma, emb, get_kernel("sdpa"))
+        for batch_plan in plan.batch_plans():
+            y0, y1, x0, x1 = batch_box(batch_plan.batch, cfg.block_size)
+            denoise_batch(model, image_to_blocks(x[..., y0:y1, x0:x1], cfg.block_size),
+                          image_to_blocks(up[..., y0:y1, x0:x1], cfg.block_size), sigma=sigma, emb=emb, lr=lr,
+                          plan=batch_plan, frontier=frontier, kernel=get_kernel("sdpa"))
     return tb.peak - base, frontier
 
 
@@ -56,7 +58,7 @@ def test_measured_bytes_never_exceed_the_prediction(cfg, batch, placement, tmp_p
     host_frontier = pred.parts["frontier_host"]  # on a CPU the "host" copy is more CPU memory
     assert measured <= device_terms + host_frontier, (measured, pred.parts)
     assert measured >= 0.6 * (device_terms + host_frontier)  # and the prediction is not a wild overestimate
-    assert frontier.peak_bytes <= memory.frontier_blocks(8, batch) * memory.slot_bytes(cfg, 4)
+    assert frontier.peak_bytes <= frontier_bound(Grid(4, 8), BatchShape(*batch)) * memory.slot_bytes(cfg, 4)
     assert memory.weight_bytes(cfg, 4) == sum(p.numel() * 4 for p in model.parameters())
 
 
@@ -97,7 +99,7 @@ def test_planner_respects_budgets_and_more_budget_is_never_slower(device_type):
             except memory.BudgetError:
                 continue
             if bigger is not None:
-                assert plan.seconds_per_sweep <= bigger.seconds_per_sweep
+                assert plan.sweep_cost_blocks <= bigger.sweep_cost_blocks
             bigger = plan
 
 

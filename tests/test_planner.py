@@ -6,8 +6,16 @@ import itertools
 
 import pytest
 
-from streamsr.stream.planner import (BatchShape, Grid, Neighbors, external_reads, frontier_bound, frontier_plan,
-                              neighbors, raster_batches)
+from streamsr.stream.planner import (
+    BatchShape,
+    Grid,
+    Neighbors,
+    external_reads,
+    frontier_bound,
+    frontier_plan,
+    neighbors,
+    raster_batches,
+)
 
 
 def test_neighbors_are_clamped_like_official_full_mode():
@@ -67,9 +75,9 @@ def test_task_list_order_and_counts():
     kinds = [(t.kind, t.step) for t in tasks]
     per = 4  # batches per sweep: 2 bands x 2
     assert len(tasks) == per * (1 + 5 + 2) + 1
-    assert kinds[:per] == [("init", -1)] * per
+    assert kinds[:per] == [("init", None)] * per  # steps only on denoiser tasks
     assert [k for k, _ in kinds[per:-1:per]] == ["predict", "correct", "predict", "correct", "predict", "stats", "anchor"]
-    assert kinds[-1] == ("export", -1) and tasks[len(tasks) - 1].batch is None
+    assert kinds[-1] == ("export", None) and tasks[len(tasks) - 1].batch is None
     assert [t.index for t in tasks] == list(range(len(tasks)))
     assert tasks.model_blocks() == 5 * 6
     euler = job_tasks(Grid(2, 3), BatchShape(1, 2), steps=3, sampler="euler", anchor="none")
@@ -83,3 +91,17 @@ def test_lazy_plan_matches_brute_force_last_reader():
         for blk in grid.blocks():
             readers = [b.index for b in batches if blk in plan.reads(b)]
             assert plan.last_reader(blk) == (max(readers) if readers else -1)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 5), (4, 1), (3, 4), (5, 6)])
+def test_batch_plan_pool_slots_and_next_reads(rows, cols):
+    """A BatchPlan's pool ([own blocks, then reads]) at slots[i] gives block i's clamped neighbours."""
+    grid = Grid(rows, cols)
+    for bh, bw in itertools.product(range(1, rows + 1), range(1, cols + 1)):
+        sweep = frontier_plan(grid, BatchShape(bh, bw))
+        plans = list(sweep.batch_plans())
+        for i, plan in enumerate(plans):
+            pool = plan.batch.blocks() + list(plan.reads)
+            assert [tuple(pool[j] for j in s) for s in plan.slots] == [neighbors(r, c) for r, c in plan.batch.blocks()]
+            assert (plan.keep, plan.drop) == (sweep.keep(plan.batch), sweep.drop(plan.batch))
+            assert plan.next_reads == (plans[i + 1].reads if i + 1 < len(plans) else ())

@@ -10,15 +10,14 @@ import json
 
 import pytest
 import torch
+from conftest import random_inputs, random_model
 
 from streamsr import api
 from streamsr.config import ConfigError, ModelConfig
 from streamsr.core.model import InfDiT
-from streamsr.core.sampler import denoised, network_input, precond
 from streamsr.core.resample import upsample_full
+from streamsr.core.sampler import denoised, network_input, precond
 from streamsr.weights import read_model_config
-
-from conftest import random_inputs, random_model
 
 RESIDUAL = ModelConfig.tiny(parametrisation="residual", sigma_data=0.05)
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import torch
+from conftest import random_inputs, random_model
 
 from streamsr import api
+from streamsr.config import ModelConfig
 from streamsr.core.noise import block_noise, image_noise
 from streamsr.core.sampler import evaluations, karras_sigmas, precond, sample_loop
-
-from streamsr.config import ModelConfig
-
-from conftest import random_inputs, random_model
 
 
 def test_precond_coefficients():

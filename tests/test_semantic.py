@@ -1,4 +1,4 @@
-"""streamsr.semantic.encoders: the spec file, the streamed CLIP thumbnail, and the vector against open_clip's own path.
+"""streamsr.semantic: the spec file, the streamed CLIP thumbnail, and the vector against open_clip's own path.
 
 Everything runs on a tiny random open_clip model (inline config, embed_dim 16); nothing is downloaded.
 """
@@ -6,6 +6,7 @@ Everything runs on a tiny random open_clip model (inline config, embed_dim 16); 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +14,20 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from streamsr.semantic import encoders as semantic
 from streamsr.errors import BadInput
-from streamsr.semantic.encoders import (SPEC_NAME, SemanticSpec, load_encoder, read_spec, semantic_vector, text_direction,
-                               thumbnail, write_spec)
+from streamsr.semantic import (
+    SPEC_NAME,
+    SemanticSpec,
+    encoders,
+    load_encoder,
+    read_spec,
+    semantic_vector,
+    text_direction,
+    thumbnail,
+    write_spec,
+)
+from streamsr.semantic import open_clip as open_clip_encoder
+from streamsr.semantic import spec as spec_file
 
 D = 16
 TINY_CFG = {
@@ -151,8 +162,8 @@ def test_thumbnail_matches_torchvision(h, w):
 def test_thumbnail_exact_mode_and_float32_tap_placement():
     from torch.nn.functional import interpolate
 
-    from streamsr.semantic.encoders import resized_size, torch_axis_weights
     from streamsr.core.resample import axis_weights
+    from streamsr.semantic.thumbnail import resized_size, torch_axis_weights
 
     lr = _lr(225, 999, seed=11)  # long side ~1000: torch's float32 tap centres are off by ~3e-5 px
     rh, rw = resized_size(225, 999, 224)
@@ -332,7 +343,21 @@ def test_kind_none_returns_none(tmp_path):
 
 
 def test_dispatch_tables_cover_kinds():
-    assert set(semantic._PARSERS) == {"none", "open_clip", "learned"}
-    assert set(semantic._LOADERS) == {"open_clip", "learned"}
-    assert np.allclose(semantic.OPENAI_MEAN, __import__("open_clip").constants.OPENAI_DATASET_MEAN)
-    assert np.allclose(semantic.OPENAI_STD, __import__("open_clip").constants.OPENAI_DATASET_STD)
+    assert set(spec_file._PARSERS) == {"none", "open_clip", "learned"}
+    assert set(encoders._LOADERS) == {"open_clip", "learned"}
+    assert np.allclose(open_clip_encoder.OPENAI_MEAN, __import__("open_clip").constants.OPENAI_DATASET_MEAN)
+    assert np.allclose(open_clip_encoder.OPENAI_STD, __import__("open_clip").constants.OPENAI_DATASET_STD)
+
+
+def test_shipped_default_model_learned_encoder():
+    """The shipped model dir's learned encoder still loads and gives a unit vector of its vector_dim."""
+    from streamsr.semantic.learned import LearnedEncoder
+    from streamsr.weights import read_model_config
+
+    model_dir = Path(__file__).resolve().parents[1] / "streamsr" / "models" / "default"
+    vector_dim = read_model_config(model_dir).vector_dim
+    found = read_spec(model_dir, vector_dim)
+    assert found.kind == "learned" and found.embed_dim == vector_dim
+    assert isinstance(load_encoder(model_dir, found), LearnedEncoder)
+    vec = semantic_vector(model_dir, vector_dim, _lr(90, 70, seed=12))
+    assert vec.shape == (1, vector_dim) and abs(vec.norm().item() - 1) < 1e-5

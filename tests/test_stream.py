@@ -6,15 +6,14 @@ import itertools
 
 import pytest
 import torch
+from conftest import random_inputs, random_model
 
 from streamsr import api
-from streamsr.core.attention import attend_reference, backend_available, get_kernel
 from streamsr.config import ModelConfig
+from streamsr.core.attention import attend_reference, backend_available, get_kernel
+from streamsr.core.resample import upsample_full
 from streamsr.stream.engine import SweepStats
 from streamsr.stream.planner import BatchShape, Grid, frontier_bound
-from streamsr.core.resample import upsample_full
-
-from conftest import random_inputs, random_model
 
 STREAM_TOL = 1e-5  # fp32 round-off on the tiny configs
 
@@ -119,3 +118,30 @@ def test_rope_positions_wrap_modulo_table():
     assert torch.equal(a[0], a[1])
     b = block_angles(torch.tensor([0, 1]), torch.tensor([0, 0]), cfg.block_tokens_side, cfg.head_dim, 8)
     assert not torch.equal(b[0], b[1])
+
+
+def test_gather_only_reads_the_frontier(tiny_model, monkeypatch):
+    """The model's per-layer gather reads the frontier; the engine alone puts and drops, after each layer."""
+    from streamsr.stream import engine
+
+    layers: list[int] = []
+    pure_gather = engine.pool_gather
+
+    def checked_gather(frontier, reads, slots):
+        gather = pure_gather(frontier, reads, slots)
+
+        def spy(layer, k, v):
+            before = (frontier.blocks(), len(frontier), frontier.held_bytes)
+            out = gather(layer, k, v)
+            assert (frontier.blocks(), len(frontier), frontier.held_bytes) == before
+            layers.append(layer)
+            return out
+
+        return spy
+
+    monkeypatch.setattr(engine, "pool_gather", checked_gather)
+    x, lr, vector = random_inputs(tiny_model.cfg, 2, 3)
+    full = api.denoise(tiny_model, x, 0.9, lr=lr, vector=vector, mode="full")
+    streamed = api.denoise(tiny_model, x, 0.9, lr=lr, vector=vector, mode="stream", batch=(1, 2))
+    assert (streamed - full).abs().max() <= STREAM_TOL
+    assert layers == list(range(tiny_model.cfg.layers)) * 4  # 4 batches, every layer once each

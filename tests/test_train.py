@@ -1,4 +1,4 @@
-"""streamsr.train.trainer and the learned semantic encoder: tiny model, synthetic images, CPU.
+"""streamsr.train (recipe and trainer) and the learned semantic encoder: tiny model, synthetic images, CPU.
 
 References: an uninterrupted run for resume, upsample_full for concat_lr, the binomial rate for LR dropout.
 """
@@ -13,15 +13,29 @@ import pytest
 import torch
 from PIL import Image
 
-from streamsr.semantic import encoders as semantic
+from streamsr import semantic
 from streamsr.api import load_model
 from streamsr.config import ModelConfig
+from streamsr.core.denoiser import denoise_full
+from streamsr.core.resample import upsample_full
 from streamsr.errors import BadInput
 from streamsr.semantic.learned import SemanticNet, save_encoder
-from streamsr.train.trainer import (CropSampler, Noise, Trainer, TrainSettings, degrade, draw_noise, edm_loss,
-                               downsample_x4, learning_rate, list_images, lr_dropout, make_batch,
-                               quantise_8bit, step_generator, train_thumbnail)
-from streamsr.core.resample import upsample_full
+from streamsr.train.recipe import (
+    CropSampler,
+    Noise,
+    TrainSettings,
+    degrade,
+    downsample_x4,
+    draw_noise,
+    edm_loss,
+    list_images,
+    lr_dropout,
+    make_batch,
+    quantise_8bit,
+    step_generator,
+    train_thumbnail,
+)
+from streamsr.train.trainer import Trainer, learning_rate
 from streamsr.weights import read_model_config
 
 CFG = ModelConfig.tiny(vector_dim=16)  # 32 px blocks, patch 8
@@ -128,7 +142,7 @@ def test_overfit_single_crop(sampler):
 
     def eval_loss() -> float:
         with torch.no_grad():
-            return float(edm_loss(trainer.model, trainer.encoder, batch, fixed, 32)[0])
+            return float(edm_loss(trainer.model, trainer.encoder, batch, fixed, thumb_size=32)[0])
 
     before = eval_loss()
     for step in range(20):
@@ -249,13 +263,13 @@ def test_residual_model_trains_from_bicubic(sampler):
     batch = make_batch(hr, torch.Generator().manual_seed(6), st)
     fixed = Noise(torch.tensor([1.0, 1.0]), torch.zeros(hr.shape), (0, 0))
     with torch.no_grad():
-        d = trainer.model(batch.concat_lr, fixed.sigma, batch.concat_lr, batch.lr,
-                          trainer.encoder(train_thumbnail(batch.lr, 32)))
+        d = denoise_full(trainer.model, batch.concat_lr, fixed.sigma, concat_lr=batch.concat_lr, lr=batch.lr,
+                         vector=trainer.encoder(train_thumbnail(batch.lr, 32)))
     assert torch.equal(d, batch.concat_lr)  # F = 0 at init: D(up) = up(LR), i.e. bicubic
 
     def eval_loss() -> float:
         with torch.no_grad():
-            return float(edm_loss(trainer.model, trainer.encoder, batch, fixed, 32)[0])
+            return float(edm_loss(trainer.model, trainer.encoder, batch, fixed, thumb_size=32)[0])
 
     before = eval_loss()
     for step in range(20):

@@ -1,6 +1,6 @@
 """`streamsr view`: tiles and status over HTTP, and the page in a real headless Chromium.
 
-The jobs are built by hand (no model run) with store.py's layout: a 90x45 LR gradient (R along x, G along
+The jobs are built by hand (no model run) through the job store: a 90x45 LR gradient (R along x, G along
 y, B = 0.8) and an output checkerboard of 32 px blocks in two saturated colours with little blue, so a
 pixel tells at a glance whether it shows the LR (B ~ 204) or the output (B <= 60).
 Chromium comes from tools/install_test_deps.sh (CI); these tests never skip for want of it. It is driven
@@ -30,10 +30,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from streamsr.config import JobConfig, ModelConfig
+from streamsr.errors import BadInput
+from streamsr.io.pyramid import reduce2
+from streamsr.jobs.manifest import Geometry, InputInfo, Manifest, ModelRef, OutputRef
+from streamsr.jobs.store import JobStore
+from streamsr.stream.planner import BatchShape, TaskKind, job_tasks
 from streamsr.viewer import server as viewer
-from streamsr.config import JobConfig
-from streamsr.stream.planner import BatchShape, job_tasks
-from streamsr.jobs.store import Geometry, JobStore
+from streamsr.viewer import tiles
 
 LR_H, LR_W, BS = 45, 90, 32  # output 180 x 360, grid 6 x 12 blocks (padded to 192 x 384)
 H, W = 4 * LR_H, 4 * LR_W
@@ -62,27 +66,24 @@ def lr_expected(iy, ix) -> np.ndarray:
     return np.stack([sx / (LR_W - 1) * 255, sy / (LR_H - 1) * 255, np.full_like(sx, LR_BLUE * 255)], axis=-1)
 
 
-def make_job(root: Path, done_batches: int | None = None, inflight: int = 0) -> dict:
+def make_job(root: Path, done_batches: int | None = None, inflight: int = 0) -> Manifest:
     """A job dir as create_job/run_job leave it: finished (done_batches None) or inside the anchor
     sweep with `done_batches` committed and `inflight` more batches written but not committed."""
     geo = Geometry(LR_H, LR_W, BS)
     tasks = job_tasks(geo.grid, BatchShape(CFG.batch_rows, CFG.batch_cols), CFG.steps, CFG.sampler, CFG.anchor)
     n = len(tasks.batches)
-    anchor_start = tasks.sweeps.index(("anchor", -1)) * n
+    anchor_start = tasks.first(TaskKind.ANCHOR)
     finished = done_batches is None
     cursor = len(tasks) if finished else anchor_start + done_batches
-    manifest = {
-        "format": "streamsr-job/1", "stage": "x4", "status": "done" if finished else "running",
-        "created": "2026-01-01T00:00:00+00:00",
-        "model": {"dir": "/models/tiny", "hash": "0" * 64, "config": {"block_size": BS}},
-        "input": {"path": "/data/gradient.png", "sha256": "1" * 64, "width": LR_W, "height": LR_H, "mode": "RGB",
-                  "bit_depth": 8},
-        "output": {"path": "/data/out.png"}, "job": CFG.to_dict(), "geometry": geo.to_dict(),
-        "sigmas": [40.0, 0.002, 0.0], "cursor": cursor, "anchor_moments": {}, "seconds": {"total": 12.5},
-        "model_blocks_done": tasks.model_blocks(),  # the anchor sweep comes after every model sweep
-        "total_tasks": len(tasks),
-    }
-    store = JobStore.create(root, manifest, channels_out=3, out_dtype="uint8", has_alpha=False, vector_dim=0)
+    manifest = Manifest(
+        stage="x4", status="done" if finished else "running", created="2026-01-01T00:00:00+00:00",
+        model=ModelRef("/models/tiny", "0" * 64, ModelConfig(block_size=BS, vector_dim=0)),
+        input=InputInfo("/data/gradient.png", "1" * 64, LR_W, LR_H, "RGB", 8), output=OutputRef("/data/out.png"),
+        job=CFG, geometry=geo, sigmas=(40.0, 0.002, 0.0), cursor=cursor, seconds={"total": 12.5},
+        model_blocks_done=tasks.model_blocks(),  # the anchor sweep comes after every model sweep
+        total_tasks=len(tasks),
+    )
+    store = JobStore.create(root, manifest)
     lh, lw = geo.lr_padded
     lr = np.ones((1, 3, lh, lw), dtype=np.float32)  # white padding: must never be shown
     lr[0, :, :LR_H, :LR_W] = lr_pattern().transpose(2, 0, 1) * 2 - 1
@@ -102,7 +103,7 @@ def finish_job(root: Path) -> None:
     """What the rest of the anchor sweep and the export do to the job dir: all blocks, then the manifest."""
     store = JobStore.open(root)
     store.array("output")[...] = out_pattern(*store.geometry.hr_padded)
-    store.commit(cursor=store.manifest["total_tasks"], status="done")
+    store.commit(cursor=store.manifest.total_tasks, status="done")
 
 
 def block_done(r: int, c: int, done_batches: int | None) -> bool:
@@ -261,16 +262,16 @@ def test_zarr_and_dzi_paths(tmp_path, served):
     assert get(url + "dzi/output.dzi")[1] == (tmp_path / "d.dzi").read_bytes()
     assert np.array_equal(tile(url, "output", 0, 0, 0), img[:1, :1])
 
-    with pytest.raises(viewer.BadInput):
+    with pytest.raises(BadInput):
         viewer.serve(tmp_path / "d_files")
 
 
 def test_pixel_conversions():
-    assert viewer.to_uint8(np.array([0, 257, 65535], dtype=np.uint16)).tolist() == [0, 1, 255]
-    assert viewer.to_uint8(np.array([-1.0, 0.0, 1.0]), (-1, 1)).tolist() == [0, 128, 255]
+    assert tiles.to_uint8(np.array([0, 257, 65535], dtype=np.uint16)).tolist() == [0, 1, 255]
+    assert tiles.to_uint8(np.array([-1.0, 0.0, 1.0]), value_range=(-1, 1)).tolist() == [0, 128, 255]
     grey_alpha = np.array([[[10, 200]]], dtype=np.uint8)
-    assert viewer.to_display(grey_alpha).tolist() == [[[10, 10, 10, 200]]]
-    assert viewer.halve(np.full((3, 3, 1), 9, dtype=np.uint8)).shape == (2, 2, 1)
+    assert tiles.to_display(grey_alpha).tolist() == [[[10, 10, 10, 200]]]
+    assert reduce2(np.full((3, 3, 1), 9, dtype=np.uint8)).shape == (2, 2, 1)
 
 
 # ---- the page in a real headless Chromium ------------------------------------------------------------------
@@ -464,12 +465,22 @@ def test_page_follows_running_job(tmp_path, served, browser):
     server.view.status = status_then_finish
     browser.open(url + "?mode=side&poll=500")
     browser.wait_for(READY + " && streamsrView.version() === 9")
-    shot = browser.screenshot(shot_dir(tmp_path) / "viewer_refreshed.png")
     assert len(calls) >= 2
-    out_box = image_box(shot, 451, 900)
-    for iy, ix, r, c in BLOCK_CENTRES:
-        _, px = sample(shot, out_box, iy, ix)
-        assert np.abs(px - COLORS[(r + c) % 2]).max() <= 30, ("output", r, c, px)
+
+    def wrong_blocks(shot: np.ndarray) -> list:
+        out_box = image_box(shot, 451, 900)
+        return [(r, c, px) for iy, ix, r, c in BLOCK_CENTRES
+                if np.abs((px := sample(shot, out_box, iy, ix)[1]) - COLORS[(r + c) % 2]).max() > 30]
+
+    # the reloaded tiles arrive asynchronously after the version bump: look again for a few seconds
+    deadline = time.monotonic() + 15
+    while True:
+        shot = browser.screenshot(shot_dir(tmp_path) / "viewer_refreshed.png")
+        wrong = wrong_blocks(shot)
+        if not wrong or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not wrong, ("output blocks not refreshed", wrong)
     panel = shot[60:690, 905:1195]
     assert (np.abs(panel - (46, 139, 87)).sum(axis=2) < 10).sum() > 200  # the green "done" badge
 

@@ -42,13 +42,12 @@ SUFFIX = {"png": ".png", "tiff": ".tif", "zarr": ".zarr", "dzi": ".dzi"}
 
 CHILD = r"""
 import json, sys, time
-sys.path.insert(0, sys.argv[1])
 import zarr
 from streamsr.io.export import export_array
 src, size, fmt, out, opts = sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], json.loads(sys.argv[6])
 arr = zarr.open_array(src, mode="r")
 start = time.perf_counter()
-export_array(arr, (size, size), out, fmt, **opts)
+export_array(arr, (size, size), out, fmt=fmt, **opts)
 seconds = time.perf_counter() - start
 status = open("/proc/self/status").read()
 hwm = int(status.split("VmHWM:")[1].split()[0]) * 1024

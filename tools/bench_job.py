@@ -3,17 +3,20 @@
 What it measures. For each LR size W (square W x W, `--sizes 256,1024,2048`) the script
 
 1. builds (once) a tiny random model dir: ModelConfig.tiny(vector_dim=0) by default (32 px blocks),
-   every parameter redrawn N(0, --std) like tests/conftest.random_model(std=0.1), overridable with
-   --block-size / --patch-size / --layers / --hidden / --heads / --vector-dim;
+   every parameter redrawn N(0, --std) (tools.harness.random_model, std 0.1 by default), overridable with
+   --block-size / --patch-size / --layers / --hidden / --heads / --vector-dim; in a child process, so
+   that this process never imports torch before the measured children (see 4);
 2. writes a synthetic LR PNG (smooth sin/cos gradients plus a little noise, 8-bit RGB);
 3. runs, as a fresh child process per size,
        python -m streamsr upscale LR.png -o OUT.png --model M --steps S --batch RxC --job JOBDIR -q
    with OMP_NUM_THREADS / MKL_NUM_THREADS = --threads (default 2);
 4. measures the child's **peak RSS** exactly with `os.wait4(pid)`: the kernel's ru_maxrss of that one
-   child (and any children it waited for), not the RUSAGE_CHILDREN maximum over all children so far.
+   child (and any children it waited for), not the RUSAGE_CHILDREN maximum over all children so far,
+   but never below this process's own high-water mark when it started the child (Linux carries it
+   over exec; recorded as parent_hwm_mib, ~20 MiB while this process stays free of torch).
    The child is `python -c WRAPPER upscale ...`, where WRAPPER runs the `streamsr` module as __main__
    through runpy (as `python -m` does) and, once main() has returned, writes the child's own VmHWM to
-   a file: the "main HWM", the peak before interpreter teardown. That second number matters because a
+   a JSON report (tools.harness.WRAPPER): the "main HWM", the peak before interpreter teardown. That second number matters because a
    process that imports torch + diffusers gains ~140 MiB of RSS while it finalises (a bare import
    does it too), and that teardown spike can be the whole wait4 peak of a small job. --plain runs
    literally `python -m streamsr` (wait4 peak only). While the child runs, /proc/PID/status
@@ -38,9 +41,9 @@ Finally it prints the ratio of the largest peak RSS to the smallest and whether 
 
 Run from the repository root:
 
-    .venv/bin/python tools/bench_job.py --sizes 256,1024,2048 --steps 1 --batch 8x8 --json out/bench_job.json
-    .venv/bin/python tools/bench_job.py --sizes 128,512 --batch 4x4 --threads 1 --timeout 900
-    .venv/bin/python tools/bench_job.py --sizes 1024 --block-size 64 --patch-size 8 --batch 2x2
+    .venv/bin/python -m tools.bench_job --sizes 256,1024,2048 --steps 1 --batch 8x8 --json out/bench_job.json
+    .venv/bin/python -m tools.bench_job --sizes 128,512 --batch 4x4 --threads 1 --timeout 900
+    .venv/bin/python -m tools.bench_job --sizes 1024 --block-size 64 --patch-size 8 --batch 2x2
 
 Everything (model dir, LR images, job dirs, outputs) lives under --workdir (default out/bench_job).
 """
@@ -49,55 +52,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-
-MIB = 2 ** 20
-GIB = 2 ** 30
-SR = 4  # streamsr is a x4 upsampler
+from tools.harness import (
+    GIB,
+    MIB,
+    SR,
+    WRAPPER,
+    add_run_arguments,
+    child_env,
+    imports_only,
+    make_model_dir,
+    parse_batch,
+    parse_ints,
+    read_manifest,
+    run_child,
+    shown,
+    split_times,
+    synthetic_lr_png,
+    tree_bytes,
+)
 
 
 # ---- arguments -------------------------------------------------------------------------------------
-def parse_sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sizes must look like 256,1024,2048, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return sizes
-
-
-def parse_batch(text: str) -> tuple[int, int]:
-    try:
-        r, c = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"batch must look like 8x8 (rows x cols), got {text!r}") from None
-    if r < 1 or c < 1:
-        raise argparse.ArgumentTypeError(f"batch must be at least 1x1, got {text!r}")
-    return r, c
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--sizes", type=parse_sizes, default=[256, 1024, 2048],
+    p.add_argument("--sizes", type=parse_ints, default=[256, 1024, 2048],
                    help="LR sides, comma separated: 256 means a 256x256 LR (1024x1024 output)")
     p.add_argument("--steps", type=int, default=1, help="sampler steps passed to upscale (default 1)")
     p.add_argument("--sampler", choices=("heun", "euler"), default=None, help="passed through if given")
     p.add_argument("--anchor", choices=("none", "global", "local"), default=None, help="passed through if given")
     p.add_argument("--batch", type=parse_batch, default=(8, 8), metavar="RxC", help="block batch (default 8x8)")
-    p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS / MKL_NUM_THREADS of the child")
     p.add_argument("--device", default=None, help="passed through as --device if given (cpu, cuda)")
     # model
     p.add_argument("--block-size", type=int, help="HR px per block (tiny: 32)")
@@ -106,21 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, help="width (tiny: 32)")
     p.add_argument("--heads", type=int, help="heads (tiny: 2)")
     p.add_argument("--vector-dim", type=int, default=0, help="semantic vector size (default 0: none)")
-    p.add_argument("--std", type=float, default=0.1, help="std of the redrawn weights (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="weights and image seed")
     # running
-    p.add_argument("--workdir", type=Path, default=REPO / "out" / "bench_job",
-                   help="where the model, images and job dirs go (default out/bench_job)")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="stop a run after this many seconds (SIGTERM) and report it as partial")
-    p.add_argument("--poll", type=float, default=0.2, help="seconds between /proc samples (default 0.2)")
+    add_run_arguments(p, "out/bench_job", threads=2, poll=0.2, timeout=None)
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the baseline child (python importing torch + streamsr, nothing else)")
     p.add_argument("--plain", action="store_true",
                    help="run literally `python -m streamsr` (no wrapper: only the wait4 peak is measured)")
-    p.add_argument("--keep", action="store_true", help="keep job dirs and outputs (default: delete)")
     p.add_argument("--target", type=float, default=1.25, help="allowed max/min peak RSS ratio (default 1.25)")
-    p.add_argument("--json", type=Path, help="also write the results here")
     return p
 
 
@@ -136,41 +118,6 @@ def model_config(args):
     if args.hidden is not None:
         overrides.setdefault("mlp_hidden", 2 * args.hidden)
     return ModelConfig.tiny(**overrides)
-
-
-def make_model_dir(cfg, path: Path, seed: int, std: float) -> Path:
-    """Like tests/conftest.random_model: every parameter redrawn N(0, std), then save_pretrained."""
-    import torch
-
-    from streamsr.core.model import InfDiT
-
-    if cfg.vector_dim:
-        print("note: --vector-dim > 0 needs a semantic_encoder.json in the model dir; none is written",
-              file=sys.stderr)
-    if path.exists():
-        shutil.rmtree(path)
-    torch.manual_seed(seed)
-    model = InfDiT.from_model_config(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, std)
-    model.eval().save_pretrained(path)
-    return path
-
-
-def make_lr_png(side: int, path: Path, seed: int) -> Path:
-    """A smooth RGB pattern (sin/cos gradients) plus mild noise, 8-bit."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed + side)
-    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / max(side, 1)
-    r = 0.5 + 0.3 * np.sin(2 * np.pi * 3 * x) * np.cos(2 * np.pi * 2 * y)
-    g = 0.5 + 0.3 * np.cos(2 * np.pi * (2 * x + y))
-    b = 0.2 + 0.6 * x * y + 0.1 * np.sin(2 * np.pi * 5 * (x - y))
-    img = np.stack([r, g, b], axis=-1) + rng.normal(0.0, 0.03, (side, side, 3)).astype(np.float32)
-    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB").save(path)
-    return path
 
 
 # ---- geometry and disk -----------------------------------------------------------------------------
@@ -193,18 +140,6 @@ def disk_estimate(geo: dict) -> int:
     return int(1.25 * (state + lr + output + png))
 
 
-def tree_bytes(path: Path) -> int:
-    """Allocated bytes of everything under path (st_blocks, so sparse/small files count as stored)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except FileNotFoundError:
-                pass
-    return total
-
-
 # ---- phases of a job (for the polled RSS timeline) -------------------------------------------------
 def sweep_names(steps: int, sampler: str, anchor: str) -> list[str]:
     """The job's sweeps in order, mirroring streamsr.stream.planner.job_tasks (one export task at the end)."""
@@ -219,13 +154,6 @@ def sweep_names(steps: int, sampler: str, anchor: str) -> list[str]:
     return names
 
 
-def read_manifest(job: Path) -> dict | None:
-    try:
-        return json.loads((job / "job.json").read_text())
-    except (OSError, ValueError):
-        return None  # not written yet, or being replaced
-
-
 def phase_of(manifest: dict | None, sweeps: list[str], batches: int) -> str:
     """The phase the child is in: 'create' before the first manifest, then the kind of task `cursor`."""
     if manifest is None or manifest.get("status") == "created":
@@ -238,123 +166,50 @@ def phase_of(manifest: dict | None, sweeps: list[str], batches: int) -> str:
 
 
 # ---- one child -------------------------------------------------------------------------------------
-def proc_status_kib(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:", "RssFile:")):
-                    key, value = line.split(":", 1)
-                    out[key] = int(value.split()[0])
-    except (OSError, ValueError):
-        pass
-    return out
-
-
-def run_child(cmd: list[str], env: dict, poll: float, timeout: float | None, job: Path | None = None,
-              sweeps: list[str] | None = None, batches: int = 1) -> dict:
-    """Run cmd; peak RSS from os.wait4 (exact), plus polled VmRSS per job phase."""
-    import tempfile
-
-    err = tempfile.TemporaryFile()
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+def run_job_child(cmd: list[str], env: dict, args, report: Path, timeout: float | None = None,
+                  job: Path | None = None, sweeps: list[str] | None = None, batches: int = 1) -> dict:
+    """harness.run_child, plus the polled VmRSS (and its anonymous part) per job phase, the phase in which
+    the polled VmHWM last rose, and a short RSS timeline. `peak_rss_mib` is the exact wait4 peak;
+    `peak_rss_main_mib` the child's VmHWM when main() returned (WRAPPER's report; None without it)."""
     phase_peak: dict[str, int] = {}
     phase_rss_anon: dict[str, int] = {}
-    samples = []
+    samples: list[tuple[float, str, int]] = []
     manifest, hwm, hwm_phase = None, 0, None
-    stopped = None
-    status = rusage = None
-    while True:
-        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            break
-        now = time.monotonic()
-        st = proc_status_kib(proc.pid)
+
+    def on_sample(t: float, st: dict[str, int]) -> None:
+        nonlocal manifest, hwm, hwm_phase
         if job is not None:
             manifest = read_manifest(job) or manifest
         phase = phase_of(manifest, sweeps or [], batches) if job is not None else "run"
-        if "VmRSS" in st:
-            phase_peak[phase] = max(phase_peak.get(phase, 0), st["VmRSS"])
-            phase_rss_anon[phase] = max(phase_rss_anon.get(phase, 0), st.get("RssAnon", 0))
-            samples.append((round(now - start, 2), phase, st["VmRSS"]))
-            if st.get("VmHWM", 0) > hwm:
-                hwm, hwm_phase = st["VmHWM"], phase
-        if timeout is not None and stopped is None and now - start > timeout:
-            stopped = now
-            proc.send_signal(signal.SIGTERM)  # streamsr stops at the next task boundary
-        if stopped is not None and now - stopped > 120:
-            proc.kill()
-        time.sleep(poll)
-    wall = time.monotonic() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen from waiting again
-    err.seek(0)
-    stderr = err.read().decode(errors="replace")
-    err.close()
+        phase_peak[phase] = max(phase_peak.get(phase, 0), st["VmRSS"])
+        phase_rss_anon[phase] = max(phase_rss_anon.get(phase, 0), st.get("RssAnon", 0))
+        samples.append((round(t, 2), phase, st["VmRSS"]))
+        if st.get("VmHWM", 0) > hwm:
+            hwm, hwm_phase = st["VmHWM"], phase
+
+    res = run_child(cmd, env, args.poll, timeout, report, on_sample, kill_after=120.0)
+    rep = res.pop("report") or {}
     # keep the timeline short in the JSON: at most ~200 evenly spaced samples
     stride = max(1, len(samples) // 200)
     kept = samples[::stride] + (samples[-1:] if samples and (len(samples) - 1) % stride else [])
-    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_mib": rusage.ru_maxrss / 1024,
+    return {"rc": res["rc"], "wall_s": res["wall_s"], "peak_rss_mib": res["wait4_mib"],
+            "parent_hwm_mib": res["parent_hwm_mib"],  # the floor under peak_rss_mib (harness.run_child)
+            "peak_rss_main_mib": rep["hwm_kib"] / 1024 if rep.get("hwm_kib") else None,
             "phase_peak_rss_mib": {k: v / 1024 for k, v in phase_peak.items()},
             "phase_peak_rss_anon_mib": {k: v / 1024 for k, v in phase_rss_anon.items()},
-            "polled_hwm_mib": hwm / 1024, "polled_hwm_phase": hwm_phase,
-            "timed_out": stopped is not None, "stderr_tail": stderr[-2000:],
+            "polled_hwm_mib": res["polled_hwm_mib"], "polled_hwm_phase": hwm_phase,
+            "timed_out": res["timed_out"], "stderr_tail": res["stderr_tail"][-2000:],
             "rss_timeline": [(t, ph, round(kib / 1024, 1)) for t, ph, kib in kept]}
 
 
-# `python -m streamsr ARGS` through runpy (what -m itself uses), recording VmHWM when main() has returned
-# and before interpreter teardown: a torch + diffusers process gains ~140 MiB of RSS while it finalises
-# (seen with a bare `import torch, diffusers` too), which would otherwise hide what the job itself uses.
-WRAPPER = """\
-import os, runpy, sys
-def _hwm():
-    path = os.environ.get('BENCH_HWM_FILE')
-    if path:
-        with open('/proc/self/status') as fh:
-            vals = {l.split(':')[0]: l.split(':')[1].split()[0] for l in fh if l.startswith(('VmHWM', 'VmRSS'))}
-        with open(path, 'w') as fh:
-            fh.write(vals['VmHWM'] + ' ' + vals['VmRSS'])
-sys.argv[0] = 'streamsr'
-try:
-    runpy.run_module('streamsr', run_name='__main__', alter_sys=True)
-finally:
-    _hwm()
-"""
-
-
-def child_env(threads: int) -> dict:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-    return env
+BASELINE_IMPORTS = ["torch", "numpy", "zarr", "PIL.Image", "png", "tifffile", "diffusers", "streamsr.jobs.run",
+                    "streamsr.jobs.executor", "streamsr.jobs.flows", "streamsr.api", "streamsr.core.model"]
 
 
 def baseline(args) -> dict:
     """A child that only imports what a job imports: the fixed floor under every peak."""
-    hwm_file = args.workdir / "hwm_baseline.txt"
-    code = ("import torch, numpy, zarr, PIL.Image, png, tifffile, diffusers\n"
-            "import streamsr.jobs.run, streamsr.jobs.executor, streamsr.jobs.flows, streamsr.api, streamsr.core.model\n"
-            "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
-            f"open({str(hwm_file)!r}, 'w').write(hwm)\n")
-    res = run_child([sys.executable, "-c", code], child_env(args.threads), args.poll, None)
-    res["peak_rss_main_mib"] = int(hwm_file.read_text()) / 1024 if hwm_file.exists() else None
-    hwm_file.unlink(missing_ok=True)
-    return res
-
-
-def split_times(manifest: dict, wall: float) -> dict:
-    secs = manifest.get("seconds") or {}
-    model, read, write = (float(secs.get(k, 0.0)) for k in ("model", "read", "write"))
-    total = float(secs.get("total", 0.0))
-    other = total - model - read - write
-    pct = (lambda v: 100.0 * v / total if total > 0 else float("nan"))
-    blocks = int(manifest.get("model_blocks_done", 0))
-    return {"model_s": model, "read_s": read, "write_s": write, "other_s": other, "total_s": total,
-            "model_pct": pct(model), "read_pct": pct(read), "write_pct": pct(write), "other_pct": pct(other),
-            "setup_s": wall - total, "model_blocks_done": blocks,
-            "blocks_per_s_model": blocks / model if model > 0 else float("nan"),
-            "blocks_per_s_wall": blocks / wall if wall > 0 else float("nan"),
-            "extra_seconds": {k: v for k, v in secs.items() if k not in ("model", "read", "write", "total")}}
+    return run_job_child([sys.executable, "-c", imports_only(BASELINE_IMPORTS)], child_env(args.threads), args,
+                         args.workdir / "report_baseline.json")
 
 
 def bench_size(side: int, args, cfg, model_dir: Path) -> dict:
@@ -369,7 +224,7 @@ def bench_size(side: int, args, cfg, model_dir: Path) -> dict:
         rec["skipped"] = f"needs ~{need / GIB:.1f} GiB on disk, {free / GIB:.1f} GiB free"
         print(f"  skip LR {side}: {rec['skipped']}", flush=True)
         return rec
-    lr = make_lr_png(side, work / f"lr_{side}.png", args.seed)
+    lr = synthetic_lr_png(side, side, work / f"lr_{side}.png", args.seed + side)
     out = work / f"out_{side}.png"
     job = work / f"job_{side}"
     if job.exists():
@@ -381,21 +236,13 @@ def bench_size(side: int, args, cfg, model_dir: Path) -> dict:
     for flag, value in (("--sampler", args.sampler), ("--anchor", args.anchor), ("--device", args.device)):
         if value is not None:
             cmd += [flag, value]
-    rec["command"] = " ".join(["python -m streamsr" if a == WRAPPER else a for a in cmd])
-    hwm_file = work / f"hwm_{side}.txt"
-    hwm_file.unlink(missing_ok=True)
-    env = child_env(args.threads)
-    env["BENCH_HWM_FILE"] = str(hwm_file)
+    rec["command"] = shown(cmd)
     sampler, anchor = args.sampler or "heun", args.anchor or "global"
     print(f"  LR {side} -> {geo['hr']}: {geo['blocks']} blocks/sweep, {geo['batches_per_sweep']} batches ...",
           flush=True)
-    res = run_child(cmd, env, args.poll, args.timeout, job,
-                    sweep_names(args.steps, sampler, anchor), geo["batches_per_sweep"])
+    res = run_job_child(cmd, child_env(args.threads), args, work / f"report_{side}.json", args.timeout, job,
+                        sweep_names(args.steps, sampler, anchor), geo["batches_per_sweep"])
     rec.update(res)
-    rec["peak_rss_main_mib"] = None  # VmHWM when main() returned (before interpreter teardown)
-    if hwm_file.exists():
-        rec["peak_rss_main_mib"] = int(hwm_file.read_text().split()[0]) / 1024
-        hwm_file.unlink()
     manifest = read_manifest(job)
     if manifest is not None:
         rec.update(split_times(manifest, res["wall_s"]))
@@ -403,7 +250,7 @@ def bench_size(side: int, args, cfg, model_dir: Path) -> dict:
         rec["cursor"], rec["total_tasks"] = manifest.get("cursor"), manifest.get("total_tasks")
     else:
         rec["status"] = "no manifest"
-    rec["job_dir_gib"] = tree_bytes(job) / GIB if job.exists() else 0.0
+    rec["job_dir_gib"] = tree_bytes(job, allocated=True) / GIB if job.exists() else 0.0
     rec["output_mib"] = out.stat().st_size / MIB if out.exists() else 0.0
     if res["rc"] != 0:
         print(f"  LR {side}: exit {res['rc']} ({rec['status']}); stderr tail:\n{res['stderr_tail']}", flush=True)
@@ -480,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     cfg = model_config(args)
-    model_dir = make_model_dir(cfg, args.workdir / "model", args.seed, args.std)
+    if cfg.vector_dim:
+        print("note: --vector-dim > 0 needs a semantic_encoder.json in the model dir; none is written",
+              file=sys.stderr)
+    model_dir = make_model_dir(cfg, args.workdir / "model", args.seed, args.std)  # torch stays out of this process
     print(f"model: {model_dir} (block {cfg.block_size}, patch {cfg.patch_size}, layers {cfg.layers}, hidden "
           f"{cfg.hidden}, heads {cfg.heads}, vector {cfg.vector_dim}); steps {args.steps}, batch "
           f"{args.batch[0]}x{args.batch[1]}, threads {args.threads}; peak RSS via os.wait4 ru_maxrss", flush=True)

@@ -4,7 +4,7 @@ Runs the command in a fresh process `--repeats` times (default settings: the mod
 sampling from its streamsr_defaults.json) and prints the wall time of each run, including Python
 start-up and model load, plus the job's own split (model / read / write) from a kept job dir.
 
-    .venv/bin/python tools/bench_main_job.py [--input examples/coffee-256.png] [--repeats 3]
+    .venv/bin/python -m tools.bench_main_job [--input examples/coffee-256.png] [--repeats 3] [-- UPSCALE FLAGS]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tools.harness import REPO
 
 
 def run_once(input_path: Path, extra: list[str]) -> tuple[float, dict]:
@@ -32,12 +32,12 @@ def run_once(input_path: Path, extra: list[str]) -> tuple[float, dict]:
     return wall, manifest
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, default=REPO / "examples" / "coffee-256.png")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("extra", nargs="*", help="extra upscale flags, after --")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     walls = []
     for i in range(args.repeats):
         wall, m = run_once(args.input, args.extra)

@@ -9,10 +9,11 @@ and `--vram` on CUDA), the script runs per case
               [--device D] [--dtype T] [--backend B] --job JOBDIR -q
    on a synthetic LR PNG of (width/4) x (height/4); no --batch and no --frontier, so the memory planner
    picks the batch and the frontier placement. The child is started as `python -c WRAPPER upscale ...`
-   where WRAPPER runs the `streamsr` module as __main__ through runpy (what `python -m` does) and, once
-   main() has returned (before interpreter teardown), writes its VmHWM / VmRSS (and on CUDA
+   where tools.harness.WRAPPER runs the `streamsr` module as __main__ through runpy (what `python -m` does)
+   and, once main() has returned (before interpreter teardown), writes its VmHWM / VmRSS (and on CUDA
    torch.cuda.max_memory_allocated / max_memory_reserved) to a file. Peak RSS is reported three ways:
-     wait4    os.wait4 ru_maxrss of the child: its whole life, interpreter teardown included (exact);
+     wait4    os.wait4 ru_maxrss of the child: its whole life, interpreter teardown included (exact; this
+              process keeps torch out until the children ran, so its own peak is no floor under it);
      main     VmHWM when main() returned: the job itself, without teardown (exact);
      polled   the last VmHWM read from /proc/PID/status while polling every --poll seconds.
    From JOBDIR/job.json it reads the plan the job chose (`plan`: batch, placement, predicted
@@ -20,10 +21,10 @@ and `--vram` on CUDA), the script runs per case
    `model_blocks_done`: time per block = seconds.model / model_blocks_done, and the split
    model / read / write / other (other = total - model - read - write; setup = wall - total).
 2. one streamed denoiser sweep of the same model, output size, batch and placement, in a second child
-   (`tools/bench_memory.py --sweep-child SPEC`), under streamsr.memtrace.TensorBytes exactly as
+   (`python -m tools.bench_memory --sweep-child SPEC`), under tools.memtrace.TensorBytes exactly as
    tests/test_memory.py::measured_sweep_bytes does (x, up(LR), weights and the time embedding exist
-   before the mode is entered; the next batch's K/V is prefetched after each batch as the job's
-   TaskRunner does). Measured: peak bytes held in CPU tensors during the sweep (above what existed
+   before the mode is entered; engine.denoise_batch stages the next batch's K/V after each batch, as
+   in a job). Measured: peak bytes held in CPU tensors during the sweep (above what existed
    before it), the frontier's own peak (Frontier.peak_bytes: device/host RAM or spill files) and its
    staged-copy peak. Compared with the plan's activations + frontier + staging + frontier_host (the
    tensor terms) and, separately, frontier vs frontier(+frontier_host/disk) and staging.
@@ -46,82 +47,53 @@ measurements imply (main HWM minus the plan's non-runtime host terms).
 
 Only torch's CPU path is touched unless --device cuda is given (torch.cuda is never called otherwise).
 
-Run from the repository root (results under out/bench_memory/):
+The tables and the summary are tools/bench_memory_report.py's. Run from the repository root (results
+under out/bench_memory/):
 
-    .venv/bin/python tools/bench_memory.py --widths 1024,2048,4096,8192 --height 512 --ram 1GiB
-    .venv/bin/python tools/bench_memory.py --widths 1024,8192 --ram 740MiB --json out/bench_memory/disk.json
-    .venv/bin/python tools/bench_memory.py --model DIR --device cuda --vram 8GiB --ram 32GiB --widths 4096
+    .venv/bin/python -m tools.bench_memory --widths 1024,2048,4096,8192 --height 512 --ram 1GiB
+    .venv/bin/python -m tools.bench_memory --widths 1024,8192 --ram 740MiB --json out/bench_memory/disk.json
+    .venv/bin/python -m tools.bench_memory --model DIR --device cuda --vram 8GiB --ram 32GiB --widths 4096
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from tools.bench_memory_report import print_tables, rt_const, summarize
+from tools.harness import (
+    MIB,
+    SR,
+    WRAPPER,
+    add_run_arguments,
+    child_env,
+    imports_only,
+    make_model_dir,
+    parse_ints,
+    read_manifest,
+    run_child,
+    shown,
+    split_times,
+    synthetic_lr_png,
+    tree_bytes,
+)
 
-MIB = 2 ** 20
-SR = 4
-
-# `python -m streamsr ARGS` through runpy, then the child's own peaks when main() has returned (before
-# interpreter teardown). torch.cuda is only touched when BENCH_CUDA=1 and torch was imported by the job.
-WRAPPER = """\
-import json, os, runpy, sys
-def _report():
-    path = os.environ.get('BENCH_REPORT_FILE')
-    if not path:
-        return
-    with open('/proc/self/status') as fh:
-        vals = {l.split(':')[0]: int(l.split(':')[1].split()[0]) for l in fh
-                if l.startswith(('VmHWM', 'VmRSS', 'RssAnon', 'RssFile'))}
-    rep = {'hwm_kib': vals.get('VmHWM'), 'rss_kib': vals.get('VmRSS'), 'rss_anon_kib': vals.get('RssAnon'),
-           'rss_file_kib': vals.get('RssFile')}
-    torch = sys.modules.get('torch')
-    if os.environ.get('BENCH_CUDA') == '1' and torch is not None and torch.cuda.is_initialized():
-        rep['cuda_max_allocated'] = torch.cuda.max_memory_allocated()
-        rep['cuda_max_reserved'] = torch.cuda.max_memory_reserved()
-    with open(path, 'w') as fh:
-        json.dump(rep, fh)
-sys.argv[0] = 'streamsr'
-try:
-    runpy.run_module('streamsr', run_name='__main__', alter_sys=True)
-finally:
-    _report()
-"""
-
-IMPORTS_ONLY = """\
-import json, os, sys
-import torch, numpy, zarr, PIL.Image
-import streamsr.cli, streamsr.jobs.run, streamsr.jobs.executor, streamsr.jobs.flows, streamsr.api, streamsr.core.model, streamsr.io.imageio
-vals = {l.split(':')[0]: int(l.split(':')[1].split()[0]) for l in open('/proc/self/status')
-        if l.startswith(('VmHWM', 'VmRSS'))}
-json.dump({'hwm_kib': vals['VmHWM'], 'rss_kib': vals['VmRSS']}, open(os.environ['BENCH_REPORT_FILE'], 'w'))
-"""
+# what a job imports, and nothing else: the floor under every job's RSS
+IMPORTS_ONLY = imports_only(["torch", "numpy", "zarr", "PIL.Image", "streamsr.cli", "streamsr.jobs.run",
+                             "streamsr.jobs.executor", "streamsr.jobs.flows", "streamsr.api", "streamsr.core.model",
+                             "streamsr.io.read"])
+EXTRA_ENV: dict[str, str] = {}  # --child-env
 
 
 # ---- arguments -------------------------------------------------------------------------------------
-def parse_ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 1024,2048, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"values must be positive, got {text!r}")
-    return values
-
-
 def parse_budgets(text: str) -> list[str]:
-    from streamsr.stream.memory import parse_size
+    from streamsr.stream.memory import parse_size  # torch-free
 
     labels = [v.strip() for v in text.split(",") if v.strip()]
     for label in labels:
@@ -133,7 +105,7 @@ def parse_budgets(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], conflict_handler="resolve",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", type=Path, help="model dir (default: a tiny random model made under --workdir)")
     p.add_argument("--widths", type=parse_ints, default=[1024, 2048, 4096, 8192],
@@ -147,21 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--backend", choices=("sdpa", "reference", "xformers"), default="sdpa")
     p.add_argument("--steps", type=int, default=1, help="sampler steps of the job (default 1: one sweep)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="OMP/MKL threads of the children (default 1; the machine is shared)")
-    p.add_argument("--std", type=float, default=0.1, help="std of the tiny model's redrawn weights")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", type=Path, default=REPO / "out" / "bench_memory")
-    p.add_argument("--json", type=Path, help="results file (default WORKDIR/bench_memory.json)")
-    p.add_argument("--poll", type=float, default=0.1, help="seconds between /proc samples (default 0.1)")
-    p.add_argument("--timeout", type=float, default=540.0,
-                   help="SIGTERM a child after this many seconds (default 540; SIGKILL 60 s later)")
+    # --threads (1: the machine is shared), --seed, --std, --workdir, --timeout, --poll, --keep, --json
+    add_run_arguments(p, "out/bench_memory", threads=1, poll=0.1, timeout=540.0)
+    p.add_argument("--json", type=Path, help="results file (default WORKDIR/bench_memory.json)")  # resolves
     p.add_argument("--child-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment of every child, repeatable (e.g. MALLOC_MMAP_THRESHOLD_=131072 to "
                         "see how much of the RSS is glibc heap retention)")
     p.add_argument("--no-sweep", action="store_true", help="skip the TensorBytes sweep child")
     p.add_argument("--no-baseline", action="store_true", help="skip the two baseline children")
-    p.add_argument("--keep", action="store_true", help="keep job dirs, outputs and LR images")
     p.add_argument("--flat-target", type=float, default=1.10, help="max/min peak RSS across widths (1.10)")
     p.add_argument("--pred-target", type=float, default=0.15, help="allowed |predicted/measured - 1| (0.15)")
     p.add_argument("--sweep-child", type=Path, help=argparse.SUPPRESS)  # internal: run one measured sweep
@@ -176,130 +141,37 @@ def tiny_config():
                        vector_dim=0)
 
 
-def make_model_dir(path: Path, seed: int, std: float) -> Path:
-    """Like tests/conftest.random_model: every parameter redrawn N(0, std), then save_pretrained."""
-    import torch
+def model_config(model_dir: Path):
+    """The ModelConfig of a model dir, read like streamsr.weights.read_model_config but without importing
+    torch (this process's high-water mark is the floor of every child's wait4 peak: harness.run_child)."""
+    from streamsr.config import ModelConfig
 
-    from streamsr.core.model import InfDiT
-
-    if path.exists():
-        shutil.rmtree(path)
-    torch.manual_seed(seed)
-    model = InfDiT.from_model_config(tiny_config())
-    with torch.no_grad():
-        for prm in model.parameters():
-            prm.normal_(0.0, std)
-    model.eval().save_pretrained(path)
-    return path
-
-
-def make_lr_png(width: int, height: int, path: Path, seed: int) -> Path:
-    """A smooth RGB pattern plus mild noise, 8-bit, width x height."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed + width * 7 + height)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    x, y = x / max(width, 1), y / max(height, 1)
-    r = 0.5 + 0.3 * np.sin(2 * np.pi * 3 * x) * np.cos(2 * np.pi * 2 * y)
-    g = 0.5 + 0.3 * np.cos(2 * np.pi * (2 * x + y))
-    b = 0.2 + 0.6 * x * y + 0.1 * np.sin(2 * np.pi * 5 * (x - y))
-    img = np.stack([r, g, b], axis=-1) + rng.normal(0.0, 0.03, (height, width, 3)).astype(np.float32)
-    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB").save(path)
-    return path
-
-
-EXTRA_ENV: dict[str, str] = {}  # --child-env
-
-
-def child_env(threads: int, cuda: bool) -> dict:
-    env = {**os.environ, **EXTRA_ENV}
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), BENCH_CUDA="1" if cuda else "0",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
-    return env
-
-
-def read_manifest(job: Path) -> dict | None:
-    try:
-        return json.loads((job / "job.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def tree_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                pass
-    return total
+    data = json.loads((model_dir / "config.json").read_text())
+    return ModelConfig.from_dict({k: v for k, v in data.items() if not k.startswith("_")})
 
 
 # ---- one child -------------------------------------------------------------------------------------
-def proc_status_kib(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    key, value = line.split(":", 1)
-                    out[key] = int(value.split()[0])
-    except (OSError, ValueError):
-        pass
-    return out
+def measure(cmd: list[str], args, report: Path | None = None, job: Path | None = None,
+            spill: Path | None = None) -> dict:
+    """harness.run_child, plus the polled VmRSS per job phase (JOBDIR/job.json's status) and the polled
+    peak size of the spill dir."""
+    phase_rss: dict[str, int] = {}
+    spill_peak = 0
 
-
-def run_child(cmd: list[str], env: dict, poll: float, timeout: float | None, report: Path | None = None,
-              job: Path | None = None, spill: Path | None = None) -> dict:
-    """Run cmd to the end: wait4 peak RSS, last polled VmHWM, polled VmRSS per job phase, the report file."""
-    import tempfile
-
-    if report is not None:
-        report.unlink(missing_ok=True)
-        env = {**env, "BENCH_REPORT_FILE": str(report)}
-    err = tempfile.TemporaryFile()
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
-    hwm_kib, phase_rss, spill_peak = 0, {}, 0
-    stopped = killed = None
-    while True:
-        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            break
-        now = time.monotonic()
-        st = proc_status_kib(proc.pid)
-        hwm_kib = max(hwm_kib, st.get("VmHWM", 0))
-        if job is not None and "VmRSS" in st:
-            m = read_manifest(job)
+    def on_sample(_t: float, st: dict[str, int]) -> None:
+        nonlocal spill_peak
+        if job is not None:
+            m = read_manifest(job)  # harness.read_manifest: job.json as a plain dict, None before it exists
             phase = "create" if m is None or m.get("status") == "created" else m.get("status", "?")
             phase_rss[phase] = max(phase_rss.get(phase, 0), st["VmRSS"])
         if spill is not None and spill.is_dir():
             spill_peak = max(spill_peak, tree_bytes(spill))
-        if timeout is not None and stopped is None and now - start > timeout:
-            stopped = now
-            proc.send_signal(signal.SIGTERM)
-        if stopped is not None and killed is None and now - stopped > 60:
-            killed = now
-            proc.kill()
-        time.sleep(poll)
-    wall = time.monotonic() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: keep Popen from waiting again
-    err.seek(0)
-    stderr = err.read().decode(errors="replace")
-    err.close()
-    rep = None
-    if report is not None and report.exists():
-        try:
-            rep = json.loads(report.read_text())
-        except ValueError:
-            rep = None
-        report.unlink(missing_ok=True)
-    return {"rc": proc.returncode, "wall_s": wall, "wait4_mib": rusage.ru_maxrss / 1024,
-            "polled_hwm_mib": hwm_kib / 1024, "phase_rss_mib": {k: v / 1024 for k, v in phase_rss.items()},
-            "spill_polled_peak_mib": spill_peak / MIB if spill is not None else None,
-            "timed_out": stopped is not None, "report": rep, "stderr_tail": stderr[-3000:]}
+
+    res = run_child(cmd, child_env(args.threads, args.device.startswith("cuda"), EXTRA_ENV), args.poll,
+                    args.timeout, report, on_sample=on_sample, kill_after=60)
+    res["phase_rss_mib"] = {k: v / 1024 for k, v in phase_rss.items()}
+    res["spill_polled_peak_mib"] = spill_peak / MIB if spill is not None else None
+    return res
 
 
 # ---- the sweep child ---------------------------------------------------------------------------------
@@ -311,11 +183,12 @@ def sweep_child(spec_path: Path) -> int:
     torch.set_num_threads(spec["threads"])
     from streamsr import api
     from streamsr.core.attention import get_kernel
-    from streamsr.stream.engine import batch_box, denoise_batch
+    from streamsr.core.denoiser import embedding
+    from streamsr.core.grid import image_to_blocks
+    from streamsr.stream.engine import denoise_batch
     from streamsr.stream.frontier import Frontier
+    from streamsr.stream.planner import BatchShape, Grid, batch_box, frontier_bound, frontier_plan
     from tools.memtrace import TensorBytes
-    from streamsr.core.model import image_to_blocks
-    from streamsr.stream.planner import BatchShape, Grid, frontier_bound, frontier_plan
 
     device = torch.device(spec["device"])
     cuda = device.type == "cuda"
@@ -334,7 +207,7 @@ def sweep_child(spec_path: Path) -> int:
     spill = Path(spec["spill_dir"]) if spec["placement"] == "disk" else None
     kernel = get_kernel(spec["backend"])
     with torch.no_grad():
-        emb = model.embedding(sigma, vector)
+        emb = embedding(model, sigma, vector)
     if cuda:
         torch.cuda.synchronize(device)
         cuda_base = torch.cuda.memory_allocated(device)
@@ -343,12 +216,11 @@ def sweep_child(spec_path: Path) -> int:
     with TensorBytes() as tb, torch.no_grad():
         base = tb.held
         frontier = Frontier(frontier_bound(grid, shape), cfg.layers, spec["placement"], device, spill)
-        for b in plan.batches:
-            y0, y1, x0, x1 = batch_box(b, cfg.block_size)
-            denoise_batch(model, b, plan, frontier, image_to_blocks(x[..., y0:y1, x0:x1], cfg.block_size),
-                          image_to_blocks(up[..., y0:y1, x0:x1], cfg.block_size), lr, sigma, emb, kernel)
-            if b.index + 1 < len(plan.batches):  # TaskRunner stages the next batch's K/V after each batch
-                frontier.prefetch(plan.reads(plan.batches[b.index + 1]))
+        for batch_plan in plan.batch_plans():  # denoise_batch stages the next batch's K/V, as in a job
+            y0, y1, x0, x1 = batch_box(batch_plan.batch, cfg.block_size)
+            denoise_batch(model, image_to_blocks(x[..., y0:y1, x0:x1], cfg.block_size),
+                          image_to_blocks(up[..., y0:y1, x0:x1], cfg.block_size), sigma=sigma, emb=emb, lr=lr,
+                          plan=batch_plan, frontier=frontier, kernel=kernel)
     if cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -376,37 +248,19 @@ def upscale_cmd(args, lr: Path, out: Path, model_dir: Path, job: Path, ram: str 
     return cmd
 
 
-def shown(cmd: list[str]) -> str:
-    """The command as the user would type it: python -m streamsr ARGS (the wrapper is runpy of that)."""
-    return "python -m streamsr " + " ".join(cmd[3:])
-
-
-def split_times(manifest: dict, wall: float) -> dict:
-    secs = manifest.get("seconds") or {}
-    model, read, write = (float(secs.get(k, 0.0)) for k in ("model", "read", "write"))
-    total = float(secs.get("total", 0.0))
-    blocks = int(manifest.get("model_blocks_done", 0))
-    return {"model_s": model, "read_s": read, "write_s": write, "other_s": total - model - read - write,
-            "total_s": total, "setup_s": wall - total, "model_blocks_done": blocks,
-            "ms_per_block": 1000 * model / blocks if blocks else float("nan")}
-
-
 def run_case(args, model_dir: Path, width: int, ram: str | None, vram: str | None) -> dict:
-    from streamsr.stream import memory
-
     work = args.workdir
     lr_w, lr_h = -(-width // SR), -(-args.height // SR)
     tag = f"{width}x{args.height}_{ram or 'none'}_{vram or 'none'}"
     rec = {"width": width, "height": args.height, "ram": ram, "vram": vram, "lr": [lr_w, lr_h]}
-    lr = make_lr_png(lr_w, lr_h, work / f"lr_{lr_w}x{lr_h}.png", args.seed)
+    lr = synthetic_lr_png(lr_w, lr_h, work / f"lr_{lr_w}x{lr_h}.png", args.seed + lr_w * 7 + lr_h)
     out, job = work / f"out_{tag}.png", work / f"job_{tag}"
     shutil.rmtree(job, ignore_errors=True)
     out.unlink(missing_ok=True)
     cmd = upscale_cmd(args, lr, out, model_dir, job, ram, vram)
     rec["command"] = shown(cmd)
     print(f"  {width}x{args.height} --ram {ram}{f' --vram {vram}' if vram else ''}: job ...", end="", flush=True)
-    res = run_child(cmd, child_env(args.threads, args.device.startswith("cuda")), args.poll, args.timeout,
-                    work / f"report_{tag}.json", job, job / "frontier")
+    res = measure(cmd, args, work / f"report_{tag}.json", job, job / "frontier")
     rep = res.pop("report") or {}
     rec["job"] = res
     rec["main_hwm_mib"] = rep["hwm_kib"] / 1024 if rep.get("hwm_kib") else None
@@ -448,8 +302,7 @@ def run_case(args, model_dir: Path, width: int, ram: str | None, vram: str | Non
         spec_path = work / f"sweep_spec_{tag}.json"
         spec_path.write_text(json.dumps(spec))
         Path(spec["result"]).unlink(missing_ok=True)
-        sres = run_child([sys.executable, str(Path(__file__).resolve()), "--sweep-child", str(spec_path)],
-                         child_env(args.threads, args.device.startswith("cuda")), args.poll, args.timeout)
+        sres = measure([sys.executable, "-m", "tools.bench_memory", "--sweep-child", str(spec_path)], args)
         sres.pop("report", None)
         rec["sweep_child"] = sres
         if sres["rc"] == 0 and Path(spec["result"]).exists():
@@ -491,22 +344,18 @@ def cleanup(args, job: Path, out: Path, lr: Path | None) -> None:
         lr.unlink(missing_ok=True)
 
 
-def baselines(args, model_dir: Path) -> dict:
+def baselines(args, model_dir: Path, mcfg) -> dict:
     """Imports only; and the smallest real upscale (one block, batch 1x1, frontier on the device)."""
-    from streamsr.config import ModelConfig  # noqa: F401  (cheap; torch-free)
-    from streamsr.weights import read_model_config
-
-    env = child_env(args.threads, args.device.startswith("cuda"))
     work = args.workdir
-    imp = run_child([sys.executable, "-c", IMPORTS_ONLY], env, args.poll, args.timeout, work / "report_imports.json")
+    imp = measure([sys.executable, "-c", IMPORTS_ONLY], args, work / "report_imports.json")
     rep = imp.pop("report") or {}
     imp["main_hwm_mib"] = rep["hwm_kib"] / 1024 if rep.get("hwm_kib") else None
-    lb = read_model_config(model_dir).lr_block_size
-    lr = make_lr_png(lb, lb, work / "lr_min.png", args.seed)
+    lb = mcfg.lr_block_size
+    lr = synthetic_lr_png(lb, lb, work / "lr_min.png", args.seed + lb * 7 + lb)
     job, out = work / "job_min", work / "out_min.png"
     shutil.rmtree(job, ignore_errors=True)
     cmd = upscale_cmd(args, lr, out, model_dir, job, None, None, ["--batch", "1x1", "--frontier", "device"])
-    mini = run_child(cmd, env, args.poll, args.timeout, work / "report_min.json", job)
+    mini = measure(cmd, args, work / "report_min.json", job)
     rep = mini.pop("report") or {}
     mini["command"] = shown(cmd)
     mini["main_hwm_mib"] = rep["hwm_kib"] / 1024 if rep.get("hwm_kib") else None
@@ -519,158 +368,6 @@ def baselines(args, model_dir: Path) -> dict:
         mini.update(split_times(m, mini["wall_s"]))
     cleanup(args, job, out, lr)
     return {"imports_only": imp, "min_upscale": mini}
-
-
-# ---- report ----------------------------------------------------------------------------------------
-def mib(v, digits: int = 1) -> str:
-    return "-" if v is None else f"{v / MIB:.{digits}f}"
-
-
-def pct(v) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:+.1f}%"
-
-
-def print_tables(records: list[dict], cuda: bool) -> None:
-    ok = [r for r in records if "plan" in r]
-    for r in records:
-        if "plan" not in r:
-            print(f"{r['width']}x{r['height']} --ram {r['ram']}: {r.get('status')} (rc {r['job']['rc']}): "
-                  f"{r.get('error', '')}")
-    if not ok:
-        return
-    print("\n(a) plan and host memory (MiB). pred host = plan host_bytes (runtime const + store_io + device terms "
-          "[+ spill_io]); non-rt = pred host - runtime;\n    RSS: wait4 = whole child life, main = VmHWM when "
-          "main() returned, polled = last polled VmHWM; implied rt = main - non-rt")
-    head = (f"{'width':>6} {'ram':>7} {'batch':>5} {'front':>6} {'pred host':>9} {'non-rt':>7} {'wait4':>7} "
-            f"{'main':>7} {'polled':>7} {'main/pred':>9} {'implied rt':>10} {'disk pred':>9} {'spill meas':>10}")
-    print(head)
-    print("-" * len(head))
-    for r in ok:
-        p = r["plan"]
-        ratio = r["main_hwm_mib"] * MIB / p["host_bytes"] if r.get("main_hwm_mib") else None
-        spill = r["job"].get("spill_polled_peak_mib")
-        print(f"{r['width']:>6} {r['ram']:>7} {p['batch'][0]:>2}x{p['batch'][1]:<2} {p['placement']:>6} "
-              f"{mib(p['host_bytes']):>9} {mib(r['pred_non_runtime_host']):>7} {r['job']['wait4_mib']:7.1f} "
-              f"{r['main_hwm_mib'] or float('nan'):7.1f} {r['job']['polled_hwm_mib']:7.1f} "
-              f"{'-' if ratio is None else f'{ratio:.3f}':>9} {r.get('implied_runtime_mib', float('nan')):10.1f} "
-              f"{mib(p['disk_bytes'], 2):>9} {'-' if not spill else f'{spill:.2f}':>10}")
-    print("\n(b) predicted device terms vs tensor bytes of one streamed sweep (MiB); pred tensor = activations + "
-          "frontier + staging + frontier_host;\n    err = pred/measured - 1 (positive = over-predicted); "
-          "+untracked = measured + the disk frontier's staged K/V (np.fromfile views TensorBytes cannot see);\n"
-          "    front meas = Frontier.peak_bytes (wherever it lives), staged = Frontier.peak_staged_bytes")
-    head = (f"{'width':>6} {'ram':>7} {'batch':>5} {'front':>6} {'weights':>7} {'activ':>7} {'frontier':>8} "
-            f"{'staging':>7} {'f_host':>6} {'pred tensor':>11} {'measured':>8} {'err':>7} {'+untracked':>10} "
-            f"{'err':>7} {'front pred':>10} "
-            f"{'front meas':>10} {'err':>7} {'staged':>7} {'front blk':>9}")
-    print(head)
-    print("-" * len(head))
-    for r in ok:
-        p, parts, sw = r["plan"], r["plan"]["parts"], r.get("sweep") or {}
-        fpred = parts["frontier"] + parts["frontier_host"] + p["disk_bytes"]
-        fblk = f"{sw['frontier_peak_blocks']:.0f}/{sw['frontier_bound_blocks']}" if sw else "-"
-        print(f"{r['width']:>6} {r['ram']:>7} {p['batch'][0]:>2}x{p['batch'][1]:<2} {p['placement']:>6} "
-              f"{mib(parts['weights'], 2):>7} {mib(parts['activations']):>7} {mib(parts['frontier'], 2):>8} "
-              f"{mib(parts['staging'], 2):>7} {mib(parts['frontier_host'], 1):>6} {mib(r['pred_tensor'], 2):>11} "
-              f"{mib(sw.get('tensor_peak'), 2):>8} {pct(r.get('tensor_err')):>7} "
-              f"{mib(r.get('tensor_measured_adj'), 2):>10} {pct(r.get('tensor_err_adj')):>7} {mib(fpred, 2):>10} "
-              f"{mib(sw.get('frontier_peak'), 2):>10} {pct(r.get('frontier_err')):>7} "
-              f"{mib(sw.get('staged_peak'), 2):>7} {fblk:>9}")
-    if cuda:
-        print("\n(b') CUDA: torch.cuda.max_memory_allocated (MiB); job = whole upscale vs plan device_bytes; "
-              "sweep = one sweep above its start vs activations + frontier + staging")
-        head = f"{'width':>6} {'vram':>7} {'pred dev':>8} {'job max':>8} {'err':>7} {'sweep pred':>10} {'sweep':>8} {'err':>7}"
-        print(head)
-        print("-" * len(head))
-        for r in ok:
-            parts, sw = r["plan"]["parts"], r.get("sweep") or {}
-            dev = parts["activations"] + parts["frontier"] + parts["staging"]
-            print(f"{r['width']:>6} {r['vram'] or '-':>7} {mib(r['plan']['device_bytes']):>8} "
-                  f"{mib(r.get('cuda_max_allocated')):>8} {pct(r.get('cuda_job_err')):>7} {mib(dev):>10} "
-                  f"{mib(sw.get('cuda_peak')):>8} {pct(r.get('cuda_sweep_err')):>7}")
-    print("\n(c) time: ms/block = seconds.model / model_blocks_done; split of the task loop (seconds.total); "
-          "setup = wall - total (start, imports, job creation, model load, exit)")
-    head = (f"{'width':>6} {'ram':>7} {'blocks':>6} {'batch':>5} {'front':>6} {'wall s':>7} {'setup s':>7} "
-            f"{'loop s':>7} {'ms/block':>8} {'model':>13} {'read':>13} {'write':>13} {'other':>13} {'sweep s':>7}")
-    print(head)
-    print("-" * len(head))
-    for r in ok:
-        p, tot = r["plan"], r["total_s"] or float("nan")
-        cell = lambda k: f"{r[k]:6.2f} {100 * r[k] / tot:5.1f}%"  # noqa: E731
-        sw = r.get("sweep") or {}
-        print(f"{r['width']:>6} {r['ram']:>7} {r['model_blocks_done']:>6} {p['batch'][0]:>2}x{p['batch'][1]:<2} "
-              f"{p['placement']:>6} {r['job']['wall_s']:7.1f} {r['setup_s']:7.1f} {r['total_s']:7.2f} "
-              f"{r['ms_per_block']:8.2f} {cell('model_s')} {cell('read_s')} {cell('write_s')} {cell('other_s')} "
-              f"{sw.get('seconds_traced', float('nan')):7.1f}")
-
-
-def summarize(records: list[dict], base: dict | None, args) -> dict:
-    ok = [r for r in records if "plan" in r]
-    summary: dict = {"flatness": {}, "tensor_error": None, "host_vs_rss": None}
-    print("\n(d) peak RSS flatness across widths at the same budget (target max/min <= "
-          f"{args.flat_target:.2f}):")
-    for ram in args.ram:
-        for vram in (args.vram or [None]):
-            group = [r for r in ok if r["ram"] == ram and r["vram"] == vram and r.get("main_hwm_mib")]
-            if len(group) < 2:
-                continue
-            entry = {}
-            for key, label in (("main_hwm_mib", "main HWM"), ("wait4", "wait4")):
-                vals = [(r["width"], r["main_hwm_mib"] if key == "main_hwm_mib" else r["job"]["wait4_mib"])
-                        for r in group]
-                hi, lo = max(vals, key=lambda v: v[1]), min(vals, key=lambda v: v[1])
-                ratio = hi[1] / lo[1]
-                entry[key] = {"ratio": ratio, "max": hi, "min": lo, "within": ratio <= args.flat_target}
-                print(f"    --ram {ram}{f' --vram {vram}' if vram else ''} {label:>8}: {hi[1]:.1f} MiB (w {hi[0]}) / "
-                      f"{lo[1]:.1f} MiB (w {lo[0]}) = {ratio:.3f}x  "
-                      f"{'within' if ratio <= args.flat_target else 'NOT within'} {args.flat_target:.2f}")
-            summary["flatness"][f"{ram}|{vram}"] = entry
-    summary["tensor_error"] = {}
-    for key, label in (("tensor_err", "TensorBytes"), ("tensor_err_adj", "TensorBytes + untracked disk staging")):
-        errs = [(r["width"], r["ram"], r[key]) for r in ok if r.get(key) is not None]
-        if not errs:
-            continue
-        worst = max(errs, key=lambda e: abs(e[2]))
-        within = sum(abs(e[2]) <= args.pred_target for e in errs)
-        print(f"{'' if summary['tensor_error'] else chr(10)}(e) tensor-bytes prediction error (pred/measured - 1) vs "
-              f"{label}, target |err| <= {100 * args.pred_target:.0f}%: {within}/{len(errs)} within; range "
-              f"{pct(min(e[2] for e in errs))} .. {pct(max(e[2] for e in errs))}; worst {pct(worst[2])} (width "
-              f"{worst[0]}, --ram {worst[1]}); under-predictions (measured > predicted): {sum(e[2] < 0 for e in errs)}")
-        summary["tensor_error"][key] = {"min": min(e[2] for e in errs), "max": max(e[2] for e in errs),
-                                        "within": within, "n": len(errs), "under": sum(e[2] < 0 for e in errs),
-                                        "target": args.pred_target}
-    host = [r for r in ok if r.get("main_hwm_mib")]
-    if host:
-        ratios = [r["main_hwm_mib"] * MIB / r["plan"]["host_bytes"] for r in host]
-        wratios = [r["job"]["wait4_mib"] * MIB / r["plan"]["host_bytes"] for r in host]
-        over = [r for r in host if r["job"]["wait4_mib"] * MIB > r["plan"]["host_bytes"]]
-        implied = [r["implied_runtime_mib"] for r in host]
-        print(f"(f) predicted host bytes vs measured RSS: main HWM / pred = {min(ratios):.3f} .. {max(ratios):.3f}; "
-              f"wait4 / pred = {min(wratios):.3f} .. {max(wratios):.3f}; runs whose wait4 peak exceeded the "
-              f"predicted host bytes: {len(over)}/{len(host)}")
-        print(f"    implied runtime (main HWM - predicted non-runtime host terms): {min(implied):.1f} .. "
-              f"{max(implied):.1f} MiB vs RUNTIME_HOST_BYTES = {rt_const() / MIB:.0f} MiB")
-        summary["host_vs_rss"] = {"main_over_pred": [min(ratios), max(ratios)],
-                                  "wait4_over_pred": [min(wratios), max(wratios)], "wait4_over_budget_runs": len(over),
-                                  "implied_runtime_mib": [min(implied), max(implied)]}
-    if base:
-        imp, mini = base["imports_only"], base["min_upscale"]
-        print(f"(g) baselines: imports only: VmHWM {imp.get('main_hwm_mib') or float('nan'):.1f} MiB (wait4 "
-              f"{imp['wait4_mib']:.1f}); smallest upscale (one-block LR, --batch 1x1 --frontier device): main HWM {mini.get('main_hwm_mib') or float('nan'):.1f} MiB "
-              f"(anon {mini.get('rss_anon_mib') or float('nan'):.1f}, file {mini.get('rss_file_mib') or float('nan'):.1f}), "
-              f"wait4 {mini['wait4_mib']:.1f} MiB, wall {mini['wall_s']:.1f} s; its predicted non-runtime terms "
-              f"{mini.get('pred_non_runtime_host_mib', float('nan')):.2f} MiB")
-        if mini.get("main_hwm_mib"):
-            rt = mini["main_hwm_mib"] - mini.get("pred_non_runtime_host_mib", 0.0)
-            print(f"    -> measured runtime floor ~ {rt:.0f} MiB (main HWM) / {mini['wait4_mib'] - mini.get('pred_non_runtime_host_mib', 0.0):.0f} "
-                  f"MiB (with teardown) vs RUNTIME_HOST_BYTES = {rt_const() / MIB:.0f} MiB")
-            summary["runtime_floor_mib"] = {"main": rt, "wait4": mini["wait4_mib"] - mini.get("pred_non_runtime_host_mib", 0.0)}
-    return summary
-
-
-def rt_const() -> int:
-    from streamsr.stream.memory import RUNTIME_HOST_BYTES
-
-    return RUNTIME_HOST_BYTES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -686,10 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         print("note: --vram only matters with --device cuda; passed through anyway", file=sys.stderr)
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = args.model.resolve() if args.model else make_model_dir(args.workdir / "model", args.seed, args.std)
-    from streamsr.weights import read_model_config
-
-    mcfg = read_model_config(model_dir)
+    # the tiny model is made in a child: torch stays out of this process until every child has run
+    model_dir = (args.model.resolve() if args.model else
+                 make_model_dir(tiny_config(), args.workdir / "model", args.seed, args.std))
+    mcfg = model_config(model_dir)
     print(f"model: {model_dir} ({'given' if args.model else 'tiny random'}: block {mcfg.block_size}, patch "
           f"{mcfg.patch_size}, hidden {mcfg.hidden}, heads {mcfg.heads}, layers {mcfg.layers}, mlp {mcfg.mlp_hidden}, "
           f"vector {mcfg.vector_dim}); {args.device} {args.dtype} {args.backend}; steps {args.steps}; "
@@ -698,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     base = None
     if not args.no_baseline:
         print("  baselines ...", end="", flush=True)
-        base = baselines(args, model_dir)
+        base = baselines(args, model_dir, mcfg)
         print(f" imports-only {base['imports_only'].get('main_hwm_mib') or float('nan'):.1f} MiB, smallest upscale "
               f"{base['min_upscale'].get('main_hwm_mib') or float('nan'):.1f} MiB", flush=True)
     records = []

@@ -44,14 +44,12 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from streamsr.api import denoise  # noqa: E402
-from streamsr.core.attention import BACKENDS, backend_available  # noqa: E402
-from streamsr.config import SR_SCALE, ModelConfig  # noqa: E402
-from streamsr.stream.engine import SweepStats  # noqa: E402
-from streamsr.core.model import InfDiT  # noqa: E402
-from streamsr.stream.planner import BatchShape, Grid  # noqa: E402
+from streamsr.api import denoise
+from streamsr.config import SR_SCALE, ModelConfig
+from streamsr.core.attention import BACKENDS, backend_available
+from streamsr.core.model import InfDiT
+from streamsr.stream.engine import SweepStats
+from streamsr.stream.planner import BatchShape, Grid
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SIGMA = 2.0

@@ -104,12 +104,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script from anywhere: import the streamsr beside this file
-    sys.path.insert(0, str(REPO))
+from streamsr.config import MODES, ConfigError, JobConfig
+from streamsr.errors import BadInput
 
-from streamsr.config import MODES, ConfigError, JobConfig  # noqa: E402
-from streamsr.errors import BadInput  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SCALE = 4
 SHAVE = 4  # border pixels left out of PSNR / SSIM / detail, as in SR papers (= the scale)
@@ -513,7 +511,7 @@ def safe_name(text: str) -> str:
 
 def list_images(images: str | None, use_skimage: bool) -> list[tuple[str, object]]:
     """[(name, loader)] where loader() returns the image as uint8 RGB (H, W, 3)."""
-    from streamsr.io.imageio import read_image
+    from streamsr.io.read import read_image
 
     def from_file(path: Path):
         return lambda: to_rgb8(read_image(path)[0])
@@ -620,9 +618,9 @@ def method_configs(args: argparse.Namespace, defaults) -> dict[str, tuple[dict, 
 
 def run_model(lr_path: Path, out_path: Path, model_dir: Path, cfg: JobConfig, verbose: bool) -> tuple[np.ndarray, dict]:
     """Upscale an LR PNG through the real job pipeline (temporary job dir); (uint8 RGB output, timings)."""
-    from streamsr.io.imageio import read_image
-    from streamsr.jobs.store import read_manifest
+    from streamsr.io.read import read_image
     from streamsr.jobs.flows import upscale
+    from streamsr.jobs.store import read_manifest
 
     with tempfile.TemporaryDirectory(prefix=".evaluate-job-", dir=out_path.parent) as tmp:
         job = Path(tmp) / "job"
@@ -635,7 +633,7 @@ def run_model(lr_path: Path, out_path: Path, model_dir: Path, cfg: JobConfig, ve
             sys.stderr.write(captured.getvalue())
             raise
         wall = time.perf_counter() - start
-        seconds = read_manifest(job).get("seconds", {})
+        seconds = dict(read_manifest(job).seconds)
     img, _ = read_image(out_path)
     return to_rgb8(img), {"wall": wall, "loop": float(seconds.get("total", float("nan"))),
                           "model": float(seconds.get("model", float("nan")))}
@@ -739,7 +737,7 @@ def write_reports(out: Path, settings: dict, methods: tuple[str, ...], results: 
     md += [
         f"- crops: {settings['crop']} px HR, up to {settings['crops_per_image']} per image (centre first), "
         f"{settings['crops']} crops from {settings['images']} images",
-        f"- LR sets: " + "; ".join(f"`{s}`: {SET_TEXT[s]}" for s in results),
+        "- LR sets: " + "; ".join(f"`{s}`: {SET_TEXT[s]}" for s in results),
         f"- metrics vs the 8-bit HR crop, {SHAVE} px border shaved: PSNR / SSIM on BT.601 Y "
         "(16 + 65.481 R + 128.553 G + 24.966 B, R,G,B in [0,1]) and on RGB, data range 255; SSIM with a "
         f"Gaussian window (sigma 1.5); PSNR capped at {PSNR_CAP:g} dB",

@@ -27,8 +27,8 @@ Outputs:
 Every step skips what is already there, so re-running is cheap. ``--check`` only verifies that the
 files listed in configs/photos.json exist with the recorded sha256.
 
-    .venv/bin/python tools/prepare_data.py            # fetch, extract, select, write manifests
-    .venv/bin/python tools/prepare_data.py --check    # verify data/ against configs/photos.json
+    .venv/bin/python -m tools.prepare_data            # fetch, extract, select, write manifests
+    .venv/bin/python -m tools.prepare_data --check    # verify data/ against configs/photos.json
 
 Needs apt-get and dpkg-deb (Debian/Ubuntu), Pillow, and scikit-image for the eval PNGs.
 """
@@ -49,9 +49,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from tools.harness import REPO
+
 Image.MAX_IMAGE_PIXELS = None  # the wallpapers are large but trusted (Debian archive)
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data"
 DEFAULT_CONFIG = REPO / "configs" / "photos.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -427,7 +428,25 @@ def write_manifests(data: Path, config: Path, records: list[dict], debs: dict[st
         "root": str(data.resolve()),
         "images": [{**r, "path": str((data / r["path"]).resolve())} for r in records],
     })
-    log(f"wrote {config} and {data / 'photos.json'}")
+    write_json(data / "photos_trainval.json", {
+        "root": str(data.resolve()),
+        "images": [{**r, "path": str((data / r["path"]).resolve()), "split": split}
+                   for r, split in zip(records, validation_split(records))],
+    })
+    log(f"wrote {config}, {data / 'photos.json'} and {data / 'photos_trainval.json'}")
+
+
+VALIDATION_PHOTOS = 4  # training photos held back to choose sampling settings (never the eval photos)
+
+
+def validation_split(records: list[dict]) -> list[str]:
+    """Each record's split with VALIDATION_PHOTOS "train" photos turned into "val": those with the smallest
+    sha256 (a choice fixed by the files, blind to their content). The default model's training run
+    (tools.train --data data/photos_trainval.json) never samples them; tools.tune_modes chooses the
+    fidelity/detail settings on them."""
+    train = sorted((r["sha256"], i) for i, r in enumerate(records) if r["split"] == "train")
+    val = {i for _, i in train[:VALIDATION_PHOTOS]}
+    return ["val" if i in val else r["split"] for i, r in enumerate(records)]
 
 
 def summarise(records: list[dict]) -> None:

@@ -1,4 +1,4 @@
-"""Train a streamsr model from scratch (Inf-DiT's recipe, streamsr/training.py) and export a model dir.
+"""Train a streamsr model from scratch (Inf-DiT's recipe, streamsr/train/) and export a model dir.
 
     .venv/bin/python tools/train.py --config configs/default-model.json --data data/extract \
         --out runs/default --steps 20000 --batch 8 --crop 256 --threads 2 --time-limit 3600 \
@@ -25,14 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from streamsr.config import ModelConfig  # noqa: E402
-from streamsr.errors import StreamsrError  # noqa: E402
-from streamsr.train.trainer import (CropSampler, Trainer, TrainSettings, bin_labels, find_checkpoint,  # noqa: E402
-                               list_images, sigma_bin)
+from streamsr.config import ModelConfig
+from streamsr.errors import StreamsrError
+from streamsr.train.recipe import CropSampler, TrainSettings, list_images
+from streamsr.train.trainer import Trainer, bin_labels, find_checkpoint, sigma_bin
 
 RECIPE = ("batch", "crop", "lr", "warmup", "seed", "max_side", "scales", "clean_fraction", "fidelity_fraction",
           "fidelity_sigma", "p_mean", "p_std", "lr_dropout", "ema_decay")  # CLI options that are TrainSettings fields

@@ -9,11 +9,11 @@ without anchoring), and the tool prints mean PSNR-Y, SSIM-Y and the detail measu
 definitions) next to bicubic's.
 
 A candidate is SAMPLER:STEPS:SIGMA_MAX[:SIGMA_MIN], e.g. euler:1:1.0 (one step from sigma 1: the
-MMSE-like estimate) or heun:3:0.15:0.01.
+MMSE-like estimate), euler:1:1.0:0.5:up (the same from x_T = up(LR), no noise), or heun:3:0.15:0.01.
 
-    .venv/bin/python tools/tune_modes.py --model runs/res1/model --images data/photos_trainval.json \
+    .venv/bin/python -m tools.tune_modes --model runs/res1/model --images data/photos_trainval.json \
         --candidates euler:1:1.0 euler:1:2.0 heun:2:0.1 heun:3:0.2:0.01 --out out/tune.json
-    .venv/bin/python tools/tune_modes.py --checkpoint runs/res1/checkpoint ...   # EMA weights of a run
+    .venv/bin/python -m tools.tune_modes --checkpoint runs/res1/checkpoint ...   # EMA weights of a run
 """
 
 from __future__ import annotations
@@ -25,17 +25,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from evaluate import SETS, crop_boxes, crop_seed, detail_measure, make_lr, pil_upscale, quality
-
-from PIL import Image
-
-import streamsr
-from streamsr.semantic.encoders import semantic_vector
-from streamsr.train.trainer import Trainer, list_images, load_image
+if TYPE_CHECKING:  # imported where used, so that --help does not load torch
+    import numpy as np
+    import torch
 
 
 @dataclass(frozen=True)
@@ -44,35 +38,48 @@ class Candidate:
     steps: int
     sigma_max: float
     sigma_min: float
+    noise_init: bool = True  # False ("up" suffix): x_T = up(LR), the deterministic fidelity point
 
     @classmethod
     def parse(cls, text: str) -> "Candidate":
         parts = text.split(":")
+        noise_init = parts[-1] != "up"
+        if not noise_init:
+            parts = parts[:-1]
         if len(parts) not in (3, 4) or parts[0] not in ("euler", "heun"):
-            raise argparse.ArgumentTypeError(f"candidate must be SAMPLER:STEPS:SIGMA_MAX[:SIGMA_MIN], got {text!r}")
+            raise argparse.ArgumentTypeError(f"candidate must be SAMPLER:STEPS:SIGMA_MAX[:SIGMA_MIN][:up], "
+                                             f"got {text!r}")
         sigma_max = float(parts[2])
         sigma_min = float(parts[3]) if len(parts) == 4 else sigma_max / 2
-        return cls(parts[0], int(parts[1]), sigma_max, sigma_min)
+        return cls(parts[0], int(parts[1]), sigma_max, sigma_min, noise_init)
 
     def settings(self) -> dict:
+        """The JobConfig fields of this candidate (what a model dir's mode records)."""
         return {"sampler": self.sampler, "steps": self.steps, "sigma_max": self.sigma_max,
-                "sigma_min": self.sigma_min}
+                "sigma_min": self.sigma_min, "noise_init": self.noise_init}
 
     def __str__(self) -> str:
-        return f"{self.sampler}:{self.steps}:{self.sigma_max:g}:{self.sigma_min:g}"
+        return f"{self.sampler}:{self.steps}:{self.sigma_max:g}:{self.sigma_min:g}" + ("" if self.noise_init else ":up")
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) -> (1, 3, H, W) float32 in [-1, 1]."""
+    import torch
+
     return torch.from_numpy(img).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) in [-1, 1] -> uint8 (H, W, 3), as the job's export quantises."""
+    import torch
+
     return ((x[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def validation_crops(images: str, crop: int, per_image: int, max_side: int) -> list[tuple[str, np.ndarray]]:
+    from streamsr.train.trainer import load_image
+    from tools.evaluate import crop_boxes
+
     data = json.loads(Path(images).read_text())
     entries = data["images"] if isinstance(data, dict) else data
     out = []
@@ -99,10 +106,19 @@ def main(argv=None) -> int:
     p.add_argument("--crop", type=int, default=192, help="HR crop side (a multiple of the block size)")
     p.add_argument("--crops-per-image", type=int, default=3)
     p.add_argument("--max-side", type=int, default=2048, help="as the training run loaded its images")
-    p.add_argument("--sets", default=",".join(SETS))
+    p.add_argument("--sets", help="comma list of LR sets (default: all of tools.evaluate.SETS)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", help="write the table as JSON here")
     args = p.parse_args(argv)
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import streamsr
+    from streamsr.semantic import semantic_vector
+    from streamsr.train.trainer import Trainer
+    from tools.evaluate import SETS, crop_seed, detail_measure, make_lr, pil_upscale, quality
+
     if args.threads:
         torch.set_num_threads(args.threads)
     tmp = None
@@ -114,7 +130,7 @@ def main(argv=None) -> int:
     crops = validation_crops(args.images, args.crop, args.crops_per_image, args.max_side)
     print(f"{len(crops)} validation crops of {args.crop} px; model {model_dir}", flush=True)
     rows = []
-    for lr_set in args.sets.split(","):
+    for lr_set in args.sets.split(",") if args.sets else SETS:
         scores: dict[str, list[dict]] = {"bicubic": []}
         for name, hr in crops:
             lr8 = make_lr(hr, lr_set, crop_seed(name))

@@ -1,14 +1,21 @@
-"""The Inf-DiT transformer (FACTS.md sections 1.1-1.5) and its full-image reference forward.
+"""The Inf-DiT network F (FACTS.md sections 1.1-1.5) on a set of blocks. Depends on torch and ModelConfig.
 
-The network works on groups of blocks: tokens are shaped (B, N, T, hidden) for N blocks of T tokens.
-`forward_blocks` runs the layers on any set of blocks and asks a `gather` callable for each layer's
-neighbour K/V in the slot order [self, top-left, left, top]; the full-image reference (`forward`) gathers
-from the whole grid with clamped border neighbours, the streaming engine (engine.py) from its batch and
-the frontier. So both paths share every line of the math and differ only in where neighbour K/V come from.
+Tokens are shaped (B, N, T, C) for N blocks of T tokens. One pass over N blocks is: `context` (what
+every layer shares: the adaLN input, the RoPE of the blocks' tokens, the LR-window tokens, the attention
+kernel), `embed_tokens`, `layer` for each layer, `head`; `forward_blocks` strings them together. A layer
+asks its `gather` callback for the 4 key slots [self, top-left, left, top] of every block and returns the
+blocks' own K and V, so the caller decides where neighbour K/V come from and what to do with the new
+ones: the full-image reference (core/denoiser.py) gathers from the whole grid with clamped neighbours,
+the streaming engine (stream/engine.py) from its batch and the K/V frontier, which it fills itself. Both
+run these same lines of math.
+
+What the network sees and how D comes out of F (EDM preconditioning, both parametrisations) is
+core/denoiser.py's business: this file takes the preconditioned input and c_noise and returns F.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -18,15 +25,12 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
 
-from . import rope
-from .attention import get_kernel
-from .conditioning import lr_windows
 from ..config import ModelConfig
-from ..stream.planner import Grid, neighbors
-from .sampler import denoised, network_input, precond
+from . import rope
 
-# gather(layer, k, v) -> (k_slots, v_slots): k, v (B, N, T, H, D) of the blocks being computed;
-# returns (B, N, 4, T, H, D) each, slots [self, top-left, left, top].
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # attention.get_kernel(name)
+# gather(layer, k, v) -> (k_slots, v_slots): k, v (B, N, T, H, D) of the blocks being computed; returns the
+# key slots of each block, (B, N, 4, T, H, D) each, slots [self, top-left, left, top]. Only gathers.
 Gather = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -41,16 +45,6 @@ def timestep_features(c_noise: torch.Tensor, freqs: int) -> torch.Tensor:
     omega = torch.exp(-torch.log(torch.tensor(10000.0)) * k / freqs)  # (F,)
     args = c_noise.float()[:, None] * omega[None]  # (B, F)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2F)
-
-
-def image_to_blocks(img: torch.Tensor, block: int) -> torch.Tensor:
-    """(B, C, gh*s, gw*s) -> (B, gh*gw, C, s, s), blocks in raster order."""
-    return rearrange(img, "b c (gh s) (gw t) -> b (gh gw) c s t", s=block, t=block)
-
-
-def blocks_to_image(blocks: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """(B, gh*gw, C, s, s) -> (B, C, gh*s, gw*s)."""
-    return rearrange(blocks, "b (gh gw) c s t -> b c (gh s) (gw t)", gh=grid.rows, gw=grid.cols)
 
 
 class TransformerLayer(nn.Module):
@@ -74,23 +68,24 @@ class TransformerLayer(nn.Module):
 
     def qkv_heads(self, h: torch.Tensor, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Q, K, V after qk-LN and RoPE: each (B, N, T, H, D). h (B, N, T, C); mod (B, 4C)."""
-        shift, scale = mod.chunk(4, dim=-1)[:2]
+        shift, scale = mod.chunk(4, dim=-1)[:2]  # (B, C) each
         qkv = self.qkv(modulate(self.norm(h), shift, scale))  # (B, N, T, 3C)
         q, k, v = qkv.unflatten(-1, (3, self.cfg.heads, self.cfg.head_dim)).unbind(-3)  # (B, N, T, H, D)
-        q = self.q_norm(q)
-        k = (self.q_norm if self.k_norm is None else self.k_norm)(k)
+        q = self.q_norm(q)  # (B, N, T, H, D)
+        k = (self.q_norm if self.k_norm is None else self.k_norm)(k)  # (B, N, T, H, D)
         return rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin), v
 
     def attend(self, q: torch.Tensor, k_slots: torch.Tensor, v_slots: torch.Tensor, kernel) -> torch.Tensor:
         """UniBA: each block's queries over its 4 key slots; block_pos added to K per slot. -> (B, N, T, C)."""
         b, n, t = q.shape[:3]
         k = k_slots + self.block_pos[:, None].to(k_slots.dtype)  # (B, N, 4, T, H, D)
-        out = kernel(q.flatten(0, 1), k.flatten(0, 1).flatten(1, 2), v_slots.flatten(0, 1).flatten(1, 2))
+        out = kernel(q.flatten(0, 1), k.flatten(0, 1).flatten(1, 2),
+                     v_slots.flatten(0, 1).flatten(1, 2))  # (B*N, T, H, D): 4T keys per block
         return self.proj(out.reshape(b, n, t, -1))  # (B, N, T, C)
 
     def mlp(self, h: torch.Tensor, m: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """h + MLP(modulate(m)); m is the normalised h (plain LN, or layer 0's post-cross LN)."""
-        shift, scale = mod.chunk(4, dim=-1)[2:]
+        shift, scale = mod.chunk(4, dim=-1)[2:]  # (B, C) each
         return h + self.mlp_out(F.gelu(self.mlp_in(modulate(m, shift, scale)), approximate="tanh"))
 
 
@@ -118,22 +113,25 @@ class LRCrossAttention(nn.Module):
         """
         b, n = pixels.shape[:2]
         tok = self.lr_proj(pixels.flatten(0, 1))  # (B*N, C, 3L/lp, 3L/lp)
-        tok = tok * inside.repeat(b, 1, 1)[:, None].to(tok.dtype)
-        return rearrange(tok, "(b n) c y x -> b n (y x) c", b=b, n=n)
+        tok = tok * inside.repeat(b, 1, 1)[:, None].to(tok.dtype)  # (B*N, C, 3L/lp, 3L/lp)
+        return rearrange(tok, "(b n) c y x -> b n (y x) c", b=b, n=n)  # (B, N, Tw, C)
 
     def forward(self, h: torch.Tensor, lr_tokens: torch.Tensor, kernel) -> torch.Tensor:
         """h (B, N, T, C), lr_tokens (B, N, Tw, C) -> attention output (B, N, T, C) to add to h."""
         cfg = self.cfg
         b, n, t, _ = h.shape
-        q = self.query(F.layer_norm(h, (cfg.hidden,), eps=cfg.norm_eps)).unflatten(-1, (cfg.heads, -1))
+        q = self.query(F.layer_norm(h, (cfg.hidden,), eps=cfg.norm_eps))  # (B, N, T, C)
+        q = q.unflatten(-1, (cfg.heads, -1))  # (B, N, T, H, D)
         q = self.q_norm(q) + self.q_pos  # (B, N, T, H, D)
         k, v = self.key_value(lr_tokens).unflatten(-1, (2, cfg.heads, -1)).unbind(-3)  # (B, N, Tw, H, D)
-        k = self.k_norm(k) + self.k_pos
+        k = self.k_norm(k) + self.k_pos  # (B, N, Tw, H, D)
         out = kernel(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1))  # (B*N, T, H, D)
-        return self.proj(out.reshape(b, n, t, -1))
+        return self.proj(out.reshape(b, n, t, -1))  # (B, N, T, C)
 
 
 class FinalLayer(nn.Module):
+    """The transformer's final LN, then adaLN + linear to pixels (unpatchify)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -143,16 +141,27 @@ class FinalLayer(nn.Module):
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """h (B, N, T, C), cond = silu(emb) (B, C) -> pixels (B, N, 3, bs, bs)."""
         cfg = self.cfg
-        h = F.layer_norm(h, (cfg.hidden,), eps=cfg.norm_eps)  # the transformer's final LN
-        h = F.layer_norm(h, (cfg.hidden,), eps=cfg.norm_eps)  # the final layer's own LN
-        shift, scale = self.adaln(cond).chunk(2, dim=-1)
+        h = F.layer_norm(h, (cfg.hidden,), eps=cfg.norm_eps)  # (B, N, T, C) the transformer's final LN
+        h = F.layer_norm(h, (cfg.hidden,), eps=cfg.norm_eps)  # (B, N, T, C) the final layer's own LN
+        shift, scale = self.adaln(cond).chunk(2, dim=-1)  # (B, C) each
         out = self.linear(modulate(h, shift, scale))  # (B, N, T, p*p*3)
         s, p = cfg.block_tokens_side, cfg.patch_size
-        return rearrange(out, "b n (y x) (p q c) -> b n c (y p) (x q)", y=s, x=s, p=p, q=p, c=3)
+        return rearrange(out, "b n (y x) (p q c) -> b n c (y p) (x q)", y=s, x=s, p=p, q=p, c=3)  # (B, N, 3, bs, bs)
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    """What every layer shares in one pass over N blocks (`InfDiT.context`)."""
+
+    cond: torch.Tensor  # (B, C) the adaLN input: silu(emb)
+    cos: torch.Tensor  # (1, N, T, 1, D) RoPE of the blocks' tokens
+    sin: torch.Tensor  # (1, N, T, 1, D)
+    lr_tokens: torch.Tensor  # (B, N, Tw, C) the LR windows' tokens (layer-0 cross-attention)
+    kernel: Kernel  # the attention kernel
 
 
 class InfDiT(ModelMixin, ConfigMixin):
-    """Inf-DiT x4 super-resolution transformer; `forward` is the full-image reference computation."""
+    """Inf-DiT x4 super-resolution transformer: the network F on a set of blocks (module docstring)."""
 
     config_name = "config.json"
 
@@ -179,94 +188,78 @@ class InfDiT(ModelMixin, ConfigMixin):
     def from_model_config(cls, cfg: ModelConfig) -> "InfDiT":
         return cls(**cfg.to_dict())
 
-    # ---- conditioning ---------------------------------------------------------------------------
-    def embedding(self, sigma: torch.Tensor, vector: torch.Tensor | None) -> torch.Tensor:
-        """emb = silu(TimeEmb(c_noise) + map_vector(vector)): (B, C). sigma (B,), vector (B, V)."""
+    # ---- the per-call embedding ------------------------------------------------------------------
+    def embed_condition(self, c_noise: torch.Tensor, vector: torch.Tensor | None) -> torch.Tensor:
+        """emb = silu(TimeEmb(c_noise) + map_vector(vector)): (B, C). c_noise (B,), vector (B, V) or None."""
         dtype = self.patch_embed.weight.dtype
-        c_noise = precond(sigma, self.cfg.sigma_data).c_noise
         emb = self.time_embed(timestep_features(c_noise, self.cfg.time_freqs).to(dtype))  # (B, C)
         if self.vector_embed is not None:
             if vector is None:
                 raise ValueError(f"this model needs a semantic vector of size {self.cfg.vector_dim}")
-            emb = emb + self.vector_embed(vector.to(dtype))
-        return F.silu(emb)
+            emb = emb + self.vector_embed(vector.to(dtype))  # (B, C)
+        return F.silu(emb)  # (B, C)
 
-    # ---- the network on a set of blocks ---------------------------------------------------------
-    def forward_blocks(self, blocks: list[tuple[int, int]], x: torch.Tensor, up: torch.Tensor,
-                       lr_pixels: torch.Tensor, lr_inside: torch.Tensor, sigma: torch.Tensor,
-                       emb: torch.Tensor, gather: Gather, kernel, hidden_out: list | None = None,
-                       rope_origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """Denoised D for N blocks.
-
-        blocks: N (row, col) block coordinates; x, up: (B, N, 3, bs, bs) noisy HR and upsampled LR;
-        lr_pixels (B, N, 3, 3L, 3L) and lr_inside (N, 3L/lp, 3L/lp): the LR windows; sigma (B,);
-        emb (B, C) from `embedding`; rope_origin: a (row, col) token offset added to every RoPE position
-        (training draws it at random, FACTS.md 1.2). Returns D (sampler.denoised: c_skip x + c_out F, or its
-        residual form around up): (B, N, 3, bs, bs) float32.
-        """
+    # ---- one pass over a set of blocks, step by step ---------------------------------------------
+    def context(self, emb: torch.Tensor, lr_pixels: torch.Tensor, lr_inside: torch.Tensor, *,
+                blocks: list[tuple[int, int]], kernel: Kernel, rope_origin: tuple[int, int] = (0, 0)) -> BlockContext:
+        """What the layers share. emb (B, C) from `embed_condition`; lr_pixels (B, N, 3, 3L, 3L) and lr_inside
+        (N, 3L/lp, 3L/lp): the LR windows (conditioning.lr_windows); blocks: the N (row, col) coordinates;
+        rope_origin: a (row, col) token offset added to every RoPE position (training draws it, FACTS.md 1.2)."""
         cfg = self.cfg
         dtype = self.patch_embed.weight.dtype
-        b, n = x.shape[:2]
-        pc = precond(sigma.float(), cfg.sigma_data)
-        c_in, c_skip, c_out = (c[:, None, None, None, None] for c in (pc.c_in, pc.c_skip, pc.c_out))  # (B,1,1,1,1)
-        residual = cfg.parametrisation == "residual"
-        inp = network_input(x, up, c_in, residual=residual).to(dtype)  # (B, N, 6, bs, bs)
-        h = self.patch_embed(inp.flatten(0, 1)).flatten(2).transpose(1, 2)  # (B*N, T, C)
-        h = h.reshape(b, n, cfg.block_tokens, cfg.hidden)  # (B, N, T, C)
-
-        rows = torch.tensor([r for r, _ in blocks], device=x.device)
-        cols = torch.tensor([c for _, c in blocks], device=x.device)
+        rows = torch.tensor([r for r, _ in blocks], device=emb.device)  # (N,)
+        cols = torch.tensor([c for _, c in blocks], device=emb.device)  # (N,)
         angles = rope.block_angles(rows, cols, cfg.block_tokens_side, cfg.head_dim, cfg.rope_table,
                                    rope_origin)  # (N, T, D)
         cos = angles.cos()[None, :, :, None].to(dtype)  # (1, N, T, 1, D)
-        sin = angles.sin()[None, :, :, None].to(dtype)
+        sin = angles.sin()[None, :, :, None].to(dtype)  # (1, N, T, 1, D)
         lr_tokens = self.lr_cross.window_tokens(lr_pixels.to(dtype), lr_inside)  # (B, N, Tw, C)
-        cond = F.silu(emb)  # every adaLN applies SiLU to emb (which is already silu'd)
+        cond = F.silu(emb)  # (B, C): every adaLN applies SiLU to emb (which is already silu'd)
+        return BlockContext(cond=cond, cos=cos, sin=sin, lr_tokens=lr_tokens, kernel=kernel)
 
-        for index, layer in enumerate(self.transformer):
-            mod = layer.adaln(cond)  # (B, 4C)
-            q, k, v = layer.qkv_heads(h, mod, cos, sin)
-            k_slots, v_slots = gather(index, k, v)  # (B, N, 4, T, H, D)
-            h = h + layer.attend(q, k_slots, v_slots, kernel)
-            if index == 0:
-                h = h + self.lr_cross(h, lr_tokens, kernel)
-                m = self.lr_cross.post_norm(h)
-            else:
-                m = layer.norm(h)
-            h = layer.mlp(h, m, mod)
-            if hidden_out is not None:
-                hidden_out.append(h)
-        f = self.final(h, cond)  # (B, N, 3, bs, bs)
-        return denoised(x, up, f, c_skip, c_out, residual=residual)  # (B, N, 3, bs, bs) float32
+    def embed_tokens(self, inp: torch.Tensor) -> torch.Tensor:
+        """Patch embedding of the preconditioned input inp (B, N, 6, bs, bs) -> h (B, N, T, C)."""
+        b, n = inp.shape[:2]
+        h = self.patch_embed(inp.to(self.patch_embed.weight.dtype).flatten(0, 1))  # (B*N, C, s, s)
+        h = h.flatten(2).transpose(1, 2)  # (B*N, T, C)
+        return h.reshape(b, n, self.cfg.block_tokens, self.cfg.hidden)  # (B, N, T, C)
 
-    # ---- full-image reference -------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, concat_lr: torch.Tensor, lr: torch.Tensor,
-                vector: torch.Tensor | None, backend: str = "reference",
-                return_hidden: bool = False, rope_origin: tuple[int, int] = (0, 0)):
-        """The full-image computation (official `full` mode): D (B, 3, H, W) float32.
+    def layer(self, index: int, h: torch.Tensor, ctx: BlockContext, *,
+              gather: Gather) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Transformer layer `index` on h (B, N, T, C) -> (h (B, N, T, C), and the blocks' own K, V
+        (B, N, T, H, D) after qk-LN and RoPE, before the slot embedding: what the frontier holds)."""
+        layer = self.transformer[index]
+        mod = layer.adaln(ctx.cond)  # (B, 4C)
+        q, k, v = layer.qkv_heads(h, mod, ctx.cos, ctx.sin)  # (B, N, T, H, D) each
+        k_slots, v_slots = gather(index, k, v)  # (B, N, 4, T, H, D) each
+        h = h + layer.attend(q, k_slots, v_slots, ctx.kernel)  # (B, N, T, C)
+        if index == 0:
+            h = h + self.lr_cross(h, ctx.lr_tokens, ctx.kernel)  # (B, N, T, C)
+            m = self.lr_cross.post_norm(h)  # (B, N, T, C)
+        else:
+            m = layer.norm(h)  # (B, N, T, C)
+        return layer.mlp(h, m, mod), k, v
 
-        x, concat_lr (B, 3, H, W); lr (B, 3, H/4, W/4); sigma (B,) or scalar; vector (B, V) or None.
-        With return_hidden, also the per-layer hidden states, tokens in global raster order (B, H*W/p^2, C).
+    def head(self, h: torch.Tensor, ctx: BlockContext) -> torch.Tensor:
+        """The final layer: h (B, N, T, C) -> F (B, N, 3, bs, bs) in the model dtype."""
+        return self.final(h, ctx.cond)
+
+    def forward_blocks(self, inp: torch.Tensor, lr_pixels: torch.Tensor, lr_inside: torch.Tensor,
+                       emb: torch.Tensor, *, blocks: list[tuple[int, int]], gather: Gather, kernel: Kernel,
+                       rope_origin: tuple[int, int] = (0, 0), return_hidden: bool = False):
+        """F for N blocks: (B, N, 3, bs, bs); with return_hidden, (F, [h after each layer (B, N, T, C)]).
+
+        inp (B, N, 6, bs, bs): the preconditioned input (denoiser.Preconditioning.network_input); the
+        rest as in `context`; gather: where each layer's key slots come from (it must only gather).
         """
-        cfg = self.cfg
-        grid = Grid.for_image(x.shape[-2], x.shape[-1], cfg.block_size)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
-        blocks = grid.blocks()
-        slot_index = torch.tensor([[grid.index(nb) for nb in neighbors(r, c)] for r, c in blocks],
-                                  device=x.device)  # (N, 4)
+        ctx = self.context(emb, lr_pixels, lr_inside, blocks=blocks, kernel=kernel, rope_origin=rope_origin)
+        h = self.embed_tokens(inp)  # (B, N, T, C)
+        hidden = []
+        for index in range(self.cfg.layers):
+            h = self.layer(index, h, ctx, gather=gather)[0]  # (B, N, T, C)
+            if return_hidden:
+                hidden.append(h)
+        f = self.head(h, ctx)  # (B, N, 3, bs, bs)
+        return (f, hidden) if return_hidden else f
 
-        def gather_clamped(_layer: int, k: torch.Tensor, v: torch.Tensor):
-            return k[:, slot_index], v[:, slot_index]  # (B, N, 4, T, H, D)
-
-        pixels, inside = lr_windows(lr, blocks, cfg)
-        hidden: list | None = [] if return_hidden else None
-        d = self.forward_blocks(blocks, image_to_blocks(x, cfg.block_size), image_to_blocks(concat_lr, cfg.block_size),
-                                pixels, inside, sigma, self.embedding(sigma, vector), gather_clamped,
-                                get_kernel(backend), hidden, rope_origin)
-        out = blocks_to_image(d, grid)
-        if not return_hidden:
-            return out
-        s = cfg.block_tokens_side
-        raster = [rearrange(hs, "b (gh gw) (y x) c -> b (gh y gw x) c", gh=grid.rows, gw=grid.cols, y=s, x=s)
-                  for hs in hidden]
-        return out, raster
+    forward = forward_blocks  # nn.Module's entry point: model(...) is forward_blocks(...)

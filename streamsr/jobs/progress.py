@@ -1,12 +1,32 @@
-"""Progress over a whole job: tasks done / total, model blocks per second and the ETA.
+"""Progress of a job: where the time goes (`Timers`), the ETA, and the progress line of a running job.
 
-On a terminal it redraws one line; otherwise (CI, logs) it prints a plain line every few seconds.
+On a terminal `ProgressBar` redraws one line; otherwise (CI, logs) it prints a plain line every few seconds.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+from ..stream.planner import Task
+
+
+class Timers:
+    """Seconds spent per category (model, read, write) and blocks computed by the model, in this process."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.model_blocks = 0
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
 
 
 def format_seconds(seconds: float) -> str:
@@ -16,15 +36,22 @@ def format_seconds(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-def eta_seconds(blocks_left: int, blocks_done: int, seconds: float) -> float | None:
+def eta_seconds(blocks_left: int, blocks_done: int, *, seconds: float) -> float | None:
     """Remaining time at the measured model rate; None until something was measured."""
     if blocks_done <= 0 or seconds <= 0:
         return None
     return blocks_left * seconds / blocks_done
 
 
-class Progress:
-    def __init__(self, total_tasks: int, total_blocks: int, stream=None, interval: float = 5.0,
+def task_label(task: Task, steps: int) -> str:
+    """What a task does, for people: "predict 2/20", "anchor"."""
+    return f"{task.kind} {task.step + 1}/{steps}" if task.is_model else str(task.kind)
+
+
+class ProgressBar:
+    """The progress line of a running job: task percentage, model blocks per second of this run, ETA."""
+
+    def __init__(self, total_tasks: int, total_blocks: int, *, stream=None, interval: float = 5.0,
                  enabled: bool = True):
         self.total_tasks = total_tasks
         self.total_blocks = total_blocks  # model block evaluations of the whole job
@@ -36,7 +63,7 @@ class Progress:
         self.last = 0.0
         self.session_blocks = 0
 
-    def update(self, tasks_done: int, blocks_done: int, label: str, new_blocks: int, force: bool = False) -> None:
+    def update(self, tasks_done: int, blocks_done: int, *, label: str, new_blocks: int, force: bool = False) -> None:
         self.session_blocks += new_blocks
         now = time.monotonic()
         if not self.enabled or (not force and now - self.last < self.interval):
@@ -44,7 +71,7 @@ class Progress:
         self.last = now
         elapsed = now - self.start
         rate = self.session_blocks / elapsed if elapsed > 0 else 0.0
-        eta = eta_seconds(self.total_blocks - blocks_done, self.session_blocks, elapsed)
+        eta = eta_seconds(self.total_blocks - blocks_done, self.session_blocks, seconds=elapsed)
         pct = 100.0 * tasks_done / max(self.total_tasks, 1)
         line = (f"{label:<18} {pct:5.1f}%  tasks {tasks_done}/{self.total_tasks}  {rate:6.2f} blocks/s  "
                 f"ETA {format_seconds(eta) if eta is not None else '?'}")

@@ -1,13 +1,16 @@
-"""The job store: a zarr v3 group holding a job's arrays, and its JSON manifest.
+"""The job dir: its layout (`JobDir`, the one place that spells its paths), its zarr store of arrays and its
+typed manifest (`JobStore`), and the lock that lets one process run it.
 
 Layout of a job dir:
-    job.json      the manifest (settings, model and input hashes, geometry, schedule, cursor),
-                  written atomically (temp file, fsync, rename, fsync dir) after the data it describes
+    job.json      the manifest (manifest.Manifest: settings, model and input hashes, geometry, schedule,
+                  cursor), written atomically (temp file, fsync, rename, fsync dir) after the data it describes
     lock          held (flock) by the one process running the job
     state.zarr/   lr (1,3,h,w) f32 in [-1,1], padded to whole blocks; alpha (1,1,h,w) f32 if any;
                   vector (1,V) f32; state0/state1 (ping-pong x_i), pred, deriv (1,3,H,W) f32;
                   output (H,W,C) uint8|uint16. Chunk = one block, so one block write is one atomic
                   chunk write (zarr writes a temp file and renames it).
+    frontier/     the disk placement's K/V spill (never persisted across sweeps)
+An x16 job dir holds chain.json and two x4 job dirs, stage1/ and stage2/.
 """
 
 from __future__ import annotations
@@ -16,32 +19,28 @@ import contextlib
 import fcntl
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import zarr
 
-from ..config import SR_SCALE
 from ..errors import StreamsrError
 from .faults import kill_point
-from ..stream.planner import Grid
+from .manifest import FORMAT, Geometry, Manifest
 
 MANIFEST = "job.json"
 STORE = "state.zarr"
 LOCK = "lock"
-FORMAT = "streamsr-job/1"
+CHAIN = "chain.json"
+FRONTIER = "frontier"
+STAGES = ("stage1", "stage2")
 STATE_ARRAYS = ("state0", "state1", "pred", "deriv")
 
 
 class JobError(StreamsrError):
     """A job dir that cannot be used as asked (locked, mismatched, damaged)."""
-
-
-CHAIN = "chain.json"  # an x16 job dir: chain.json + stage1/ + stage2/ (each an x4 job dir)
-FRONTIER = "frontier"  # the disk placement's K/V spill dir (never persisted across sweeps)
-STAGES = ("stage1", "stage2")
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,11 @@ class JobDir:
     """
 
     root: Path
+
+    @classmethod
+    def of(cls, where: "JobDir | str | os.PathLike") -> "JobDir":
+        """`where` as a JobDir (a path or a JobDir)."""
+        return where if isinstance(where, JobDir) else cls(Path(where))
 
     @property
     def manifest(self) -> Path:
@@ -102,42 +106,26 @@ class JobDir:
         started = [self.stage(n) for n in (2, 1) if self.stage(n).is_job()]
         return started[0] if started else self.stage(1)
 
+    def foreign(self) -> list[str]:
+        """Names in the dir that creating an x4 job does not make (a dir holding any is not a job's)."""
+        ours = {self.store.name, self.lock.name, self.manifest_tmp.name}
+        return sorted(p.name for p in self.root.iterdir() if p.name not in ours)
 
-@dataclass(frozen=True)
-class Geometry:
-    """Sizes of a job: the LR as given, padded to whole blocks, and the x4 output."""
-
-    lr_height: int  # LR pixels as given
-    lr_width: int
-    block_size: int  # HR pixels per block side
-
-    @property
-    def lr_block(self) -> int:
-        return self.block_size // SR_SCALE
-
-    @property
-    def grid(self) -> Grid:
-        return Grid(-(-self.lr_height // self.lr_block), -(-self.lr_width // self.lr_block))
-
-    @property
-    def lr_padded(self) -> tuple[int, int]:
-        return self.grid.rows * self.lr_block, self.grid.cols * self.lr_block
-
-    @property
-    def hr_padded(self) -> tuple[int, int]:
-        return self.grid.rows * self.block_size, self.grid.cols * self.block_size
-
-    @property
-    def hr_size(self) -> tuple[int, int]:
-        """(height, width) of the output after cropping the padding."""
-        return self.lr_height * SR_SCALE, self.lr_width * SR_SCALE
-
-    def to_dict(self) -> dict:
-        return {"lr_height": self.lr_height, "lr_width": self.lr_width, "block_size": self.block_size}
+    def partials(self) -> list[Path]:
+        """Temp files a killed write leaves behind: zarr's `*.partial` chunks and the manifest's temp file."""
+        return [*self.store.rglob("*.partial"), *self.root.glob(self.manifest_tmp.name)]
 
 
-def write_json_atomic(path: Path, data: dict, fault_index: int = -1) -> None:
-    """Write JSON so that a crash leaves either the old or the new file, never a torn one."""
+def state_array(step: int) -> str:
+    """The ping-pong state array holding x after `step` sampler steps (x_T is step 0)."""
+    return STATE_ARRAYS[step % 2]
+
+
+def write_json_atomic(path: Path, data: dict, *, fault_index: int = -1) -> None:
+    """Write JSON so that a crash leaves either the old or the new file, never a torn one.
+
+    fault_index: the cursor being committed (the crash tests' `mid-commit` point is task fault_index - 1).
+    """
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
@@ -152,41 +140,49 @@ def write_json_atomic(path: Path, data: dict, fault_index: int = -1) -> None:
         os.close(dir_fd)
 
 
-def read_manifest(root: Path) -> dict:
-    path = root / MANIFEST
+def read_manifest(where: JobDir | str | os.PathLike) -> Manifest:
+    """The manifest of an x4 job dir; JobError if there is none or it cannot be read."""
+    job_dir = JobDir.of(where)
+    path = job_dir.manifest
     if not path.is_file():
-        raise JobError(f"{root} is not a streamsr job dir (no {MANIFEST})")
+        raise JobError(f"{job_dir.root} is not a streamsr job dir (no {path.name})")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise JobError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise JobError(f"{path} is not a {FORMAT} manifest")
-    return data
+    try:
+        return Manifest.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise JobError(f"{path} is not a {FORMAT} manifest ({type(exc).__name__}: {exc})") from None
 
 
 class JobStore:
-    """Arrays and manifest of one job dir."""
+    """Arrays and manifest of one job dir. `manifest` is the last one committed."""
 
-    def __init__(self, root: Path, group: zarr.Group, manifest: dict):
-        self.root = root
+    def __init__(self, job_dir: JobDir, group: zarr.Group, manifest: Manifest):
+        self.dir = job_dir
         self.group = group
         self.manifest = manifest
-        self.geometry = Geometry(**manifest["geometry"])
+
+    @property
+    def geometry(self) -> Geometry:
+        return self.manifest.geometry
 
     # ---- create / open --------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, manifest: dict, channels_out: int, out_dtype: str, has_alpha: bool,
-               vector_dim: int) -> "JobStore":
-        """Make the arrays; the manifest is written last, by the caller, once the inputs are in."""
-        geo = Geometry(**manifest["geometry"])
-        root.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(root / STORE, mode="w")
+    def create(cls, where: JobDir | str | os.PathLike, manifest: Manifest) -> "JobStore":
+        """Make the arrays for `manifest`; the manifest is written last, by the caller (`commit`), once the
+        inputs are in."""
+        job_dir = JobDir.of(where)
+        geo, info = manifest.geometry, manifest.input
+        job_dir.root.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(job_dir.store, mode="w")
         lh, lw = geo.lr_padded
         hh, hw = geo.hr_padded
         lb, bs = geo.lr_block, geo.block_size
+        vector_dim = manifest.model.config.vector_dim
         group.create_array("lr", shape=(1, 3, lh, lw), chunks=(1, 3, lb, lb), dtype="float32", compressors=None)
-        if has_alpha:
+        if "A" in info.mode:
             group.create_array("alpha", shape=(1, 1, lh, lw), chunks=(1, 1, lb, lb), dtype="float32",
                                compressors=None)
         if vector_dim:
@@ -195,27 +191,31 @@ class JobStore:
         for name in STATE_ARRAYS:
             group.create_array(name, shape=(1, 3, hh, hw), chunks=(1, 3, bs, bs), dtype="float32",
                                compressors=None)
-        group.create_array("output", shape=(hh, hw, channels_out), chunks=(bs, bs, channels_out),
-                           dtype=out_dtype, fill_value=0)
-        return cls(root, group, manifest)
+        group.create_array("output", shape=(hh, hw, info.channels), chunks=(bs, bs, info.channels),
+                           dtype="uint16" if info.bit_depth == 16 else "uint8", fill_value=0)
+        return cls(job_dir, group, manifest)
 
     @classmethod
-    def open(cls, root: Path) -> "JobStore":
-        manifest = read_manifest(root)
+    def open(cls, where: JobDir | str | os.PathLike) -> "JobStore":
+        job_dir = JobDir.of(where)
+        manifest = read_manifest(job_dir)
         try:
-            group = zarr.open_group(root / STORE, mode="r+")
+            group = zarr.open_group(job_dir.store, mode="r+")
         except Exception as exc:  # zarr raises several types for a missing or damaged group
-            raise JobError(f"cannot open the job store {root / STORE}: {exc}") from None
-        return cls(root, group, manifest)
+            raise JobError(f"cannot open the job store {job_dir.store}: {exc}") from None
+        return cls(job_dir, group, manifest)
 
-    def commit(self, **changes) -> None:
-        """Update the manifest and write it atomically (after the data it describes)."""
-        self.manifest.update(changes)
-        write_json_atomic(self.root / MANIFEST, self.manifest, self.manifest.get("cursor", 0))
+    def commit(self, **changes) -> Manifest:
+        """Write the manifest with `changes` (Manifest fields) atomically, after the data it describes;
+        returns it (it is also the store's `manifest` from now on)."""
+        manifest = replace(self.manifest, **changes)
+        write_json_atomic(self.dir.manifest, manifest.to_json(), fault_index=manifest.cursor)
+        self.manifest = manifest
+        return manifest
 
     def remove_partials(self) -> list[Path]:
-        """Delete the temp files a killed zarr write leaves behind; returns what was removed."""
-        stray = list((self.root / STORE).rglob("*.partial")) + list(self.root.glob(f"{MANIFEST}.tmp"))
+        """Delete the temp files a killed write left behind; returns what was removed."""
+        stray = self.dir.partials()
         for path in stray:
             path.unlink(missing_ok=True)
         return stray
@@ -227,6 +227,7 @@ class JobStore:
         return torch.from_numpy(np.ascontiguousarray(self.group[name][:, :, y0:y1, x0:x1]))
 
     def write(self, name: str, box: tuple[int, int, int, int], value: torch.Tensor) -> None:
+        """Write value (1, C, h, w) into region (y0, y1, x0, x1) of a (1, C, H, W) array."""
         y0, y1, x0, x1 = box
         self.group[name][:, :, y0:y1, x0:x1] = value.detach().to("cpu", torch.float32).numpy()
 
@@ -246,17 +247,17 @@ class CroppedView:
 
 
 @contextlib.contextmanager
-def job_lock(root: Path):
+def job_lock(where: JobDir | str | os.PathLike):
     """Hold the job's lock for the life of the block; a second process gets a clear JobError."""
-    path = root / LOCK
-    fh = open(path, "a+")
+    job_dir = JobDir.of(where)
+    fh = open(job_dir.lock, "a+")
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
             owner = fh.read().strip() or "another process"
-            raise JobError(f"job {root} is being run by {owner}; wait for it or stop it first") from None
+            raise JobError(f"job {job_dir.root} is being run by {owner}; wait for it or stop it first") from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}")

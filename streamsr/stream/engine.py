@@ -1,22 +1,28 @@
-"""Streamed denoising: block batches in raster order, neighbour K/V from the frontier.
+"""Streamed denoising: block batches in raster order, neighbour K/V from the frontier (DESIGN.md 1, 3).
 
-`denoise_batch` computes one batch of blocks, reading the K/V of blocks outside the batch from the
-frontier and leaving there the K/V that later batches will read; `denoise_stream` sweeps an in-memory
-image with it. The result equals the full-image forward (model.InfDiT.forward) to fp32 round-off.
+`denoise_batch` executes one batch's `BatchPlan` (planner.py): it stages the batch's reads, runs the
+network layer by layer with a gather that only reads (each block's key slots from [the batch's own K/V,
+then the reads]), and after each layer does the frontier bookkeeping itself: drop what this batch was
+the last to read, put what later batches will read. At the end it stages the next batch's reads.
+`denoise_stream` sweeps an in-memory image with it. The result equals the full-image computation
+(core/denoiser.denoise_full) to fp32 round-off.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from ..core.attention import get_kernel
 from ..core.conditioning import lr_windows
-from .frontier import Frontier
-from ..core.model import InfDiT, blocks_to_image, image_to_blocks
-from .planner import Batch, BatchShape, FrontierPlan, Grid, frontier_bound, frontier_plan, neighbors
+from ..core.denoiser import Preconditioning, embedding
+from ..core.grid import Block, Grid, blocks_to_image, image_to_blocks
+from ..core.model import Gather, InfDiT, Kernel
 from ..core.resample import upsample_region
+from .frontier import Frontier
+from .planner import BatchPlan, BatchShape, batch_box, frontier_bound, frontier_plan
 
 
 @dataclass
@@ -30,81 +36,77 @@ class SweepStats:
     batch_sizes: list[int] = field(default_factory=list)
 
 
-def batch_box(batch: Batch, block_size: int) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1) of a batch in HR pixels."""
-    return (batch.row0 * block_size, (batch.row0 + batch.rows) * block_size,
-            batch.col0 * block_size, (batch.col0 + batch.cols) * block_size)
+def pool_gather(frontier: Frontier, reads: tuple[Block, ...], slots: torch.Tensor) -> Gather:
+    """The streamed gather: the pool is [the batch's own K/V, then `reads` from the frontier]; slots (N, 4)
+    are the pool indices of each block's key slots. Reads the frontier, changes nothing."""
 
-
-def slot_indices(batch: Batch, reads: tuple) -> torch.Tensor:
-    """For each block of the batch, the pool index of its 4 key slots: (N, 4).
-
-    The pool is [the batch's N blocks (row-major), then `reads` from the frontier].
-    """
-    local = {blk: i for i, blk in enumerate(batch.blocks())}
-    local.update({blk: len(local) + j for j, blk in enumerate(reads)})
-    return torch.tensor([[local[nb] for nb in neighbors(r, c)] for r, c in batch.blocks()])
-
-
-def denoise_batch(model: InfDiT, batch: Batch, plan: FrontierPlan, frontier: Frontier, x: torch.Tensor,
-                  up: torch.Tensor, lr, sigma: torch.Tensor, emb: torch.Tensor, kernel) -> torch.Tensor:
-    """D for the blocks of one batch: (B, N, 3, bs, bs).
-
-    x, up: (B, N, 3, bs, bs) noisy HR and upsampled LR of the batch's blocks (row-major); lr: the whole
-    LR image (sliceable; only the batch's windows are read); sigma (B,); emb (B, C).
-    """
-    blocks = batch.blocks()
-    reads, keep, drop = plan.reads(batch), plan.keep(batch), plan.drop(batch)
-    index = slot_indices(batch, reads).to(x.device)  # (N, 4)
-    local = {blk: i for i, blk in enumerate(blocks)}
-
-    def gather_from_frontier(layer: int, k: torch.Tensor, v: torch.Tensor):
-        outside = [frontier.get(blk, layer) for blk in reads]
+    def gather(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outside = [frontier.get(blk, layer) for blk in reads]  # (B, T, H, D) pairs
         k_pool = torch.cat([k, *(kk[:, None] for kk, _ in outside)], dim=1)  # (B, N + R, T, H, D)
-        v_pool = torch.cat([v, *(vv[:, None] for _, vv in outside)], dim=1)
-        for blk in drop:  # their last reader was this batch
-            frontier.drop(blk, layer)
-        for blk in keep:  # later batches read these
-            frontier.put(blk, layer, k[:, local[blk]].clone(), v[:, local[blk]].clone())
-        return k_pool[:, index], v_pool[:, index]  # (B, N, 4, T, H, D)
+        v_pool = torch.cat([v, *(vv[:, None] for _, vv in outside)], dim=1)  # (B, N + R, T, H, D)
+        return k_pool[:, slots], v_pool[:, slots]  # (B, N, 4, T, H, D) each
 
-    frontier.prefetch(reads)  # host/disk placements: every layer of the reads onto the device
-    pixels, inside = lr_windows(lr, blocks, model.cfg)
-    d = model.forward_blocks(blocks, x, up, pixels.to(x.device), inside.to(x.device), sigma, emb,
-                             gather_from_frontier, kernel)
+    return gather
+
+
+def denoise_batch(model: InfDiT, x: torch.Tensor, up: torch.Tensor, *, sigma: torch.Tensor, emb: torch.Tensor,
+                  lr, plan: BatchPlan, frontier: Frontier, kernel: Kernel) -> torch.Tensor:
+    """D for the blocks of one batch: (B, N, 3, bs, bs) float32.
+
+    x, up: (B, N, 3, bs, bs) noisy HR and upsampled LR of the batch's blocks (row-major); sigma (B,);
+    emb (B, C) from denoiser.embedding at sigma; lr: the whole LR image (sliceable; only the batch's
+    windows are read); plan: the batch's plan; frontier: the sweep's K/V frontier.
+    """
+    blocks = plan.batch.blocks()
+    own = {blk: i for i, blk in enumerate(blocks)}  # block -> its index in x
+    pre = Preconditioning.at(sigma, model)
+    frontier.prefetch(plan.reads)  # host/disk placements: every layer of the reads onto the device
+    pixels, inside = lr_windows(lr, blocks, model.cfg)  # (B, N, 3, 3L, 3L), (N, 3L/lp, 3L/lp)
+    ctx = model.context(emb, pixels.to(x.device), inside.to(x.device), blocks=blocks, kernel=kernel)
+    gather = pool_gather(frontier, plan.reads, torch.tensor(plan.slots, device=x.device))
+    inp = pre.network_input(x, up).to(model.dtype)  # (B, N, 6, bs, bs), held to the end as in denoise_full
+    h = model.embed_tokens(inp)  # (B, N, T, C)
+    for layer in range(model.cfg.layers):
+        h, k, v = model.layer(layer, h, ctx, gather=gather)  # h (B, N, T, C); k, v (B, N, T, H, D)
+        for blk in plan.drop:  # this batch was their last reader
+            frontier.drop(blk, layer)
+        for blk in plan.keep:  # later batches read these
+            frontier.put(blk, layer, k[:, own[blk]].clone(), v[:, own[blk]].clone())
+        del k, v  # not held through the next layer
+    d = pre.denoised(x, up, model.head(h, ctx))  # (B, N, 3, bs, bs) float32
     frontier.release_staged()
+    frontier.prefetch(plan.next_reads)  # staged while the caller writes this batch (side stream on CUDA)
     return d
 
 
-def denoise_stream(model: InfDiT, x: torch.Tensor, sigma: torch.Tensor, lr: torch.Tensor,
+def denoise_stream(model: InfDiT, x: torch.Tensor, sigma: torch.Tensor, *, lr: torch.Tensor,
                    vector: torch.Tensor | None, concat_lr: torch.Tensor | None = None,
-                   shape: BatchShape = BatchShape(1, 1), backend: str = "sdpa",
-                   stats: SweepStats | None = None, placement: str = "device",
-                   spill_dir=None) -> torch.Tensor:
+                   shape: BatchShape = BatchShape(1, 1), backend: str = "sdpa", stats: SweepStats | None = None,
+                   placement: str = "device", spill_dir: Path | str | None = None) -> torch.Tensor:
     """One streamed sweep over an in-memory image: D (B, 3, H, W) float32.
 
-    concat_lr: the upsampled LR (B, 3, H, W); None computes it per batch from `lr` with a halo.
+    x (B, 3, H, W); sigma (B,); lr (B, 3, H/4, W/4); vector (B, V) or None; concat_lr: the upsampled LR
+    (B, 3, H, W), or None to compute it per batch from `lr` with a halo.
     """
-    cfg = model.cfg
-    bs = cfg.block_size
+    bs = model.cfg.block_size
     grid = Grid.for_image(x.shape[-2], x.shape[-1], bs)
-    plan = frontier_plan(grid, shape)
-    frontier = Frontier(frontier_bound(grid, shape), cfg.layers, placement, x.device, spill_dir)
+    sweep = frontier_plan(grid, shape)
+    frontier = Frontier(frontier_bound(grid, shape), model.cfg.layers, placement, x.device, spill_dir)
     kernel = get_kernel(backend)
-    emb = model.embedding(sigma, vector)
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-    for batch in plan.batches:
-        y0, y1, x0, x1 = box = batch_box(batch, bs)
+    emb = embedding(model, sigma, vector)  # (B, C)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # (B, 3, H, W)
+    for plan in sweep.batch_plans():
+        y0, y1, x0, x1 = box = batch_box(plan.batch, bs)
         up = concat_lr[..., y0:y1, x0:x1] if concat_lr is not None else upsample_region(lr, box).to(x.device)
-        d = denoise_batch(model, batch, plan, frontier, image_to_blocks(x[..., y0:y1, x0:x1], bs),
-                          image_to_blocks(up, bs), lr, sigma, emb, kernel)  # (B, N, 3, bs, bs)
-        out[..., y0:y1, x0:x1] = blocks_to_image(d, Grid(batch.rows, batch.cols))
+        d = denoise_batch(model, image_to_blocks(x[..., y0:y1, x0:x1], bs), image_to_blocks(up, bs), sigma=sigma,
+                          emb=emb, lr=lr, plan=plan, frontier=frontier, kernel=kernel)  # (B, N, 3, bs, bs)
+        out[..., y0:y1, x0:x1] = blocks_to_image(d, Grid(plan.batch.rows, plan.batch.cols))
         if stats is not None:
-            stats.batch_sizes.append(len(batch.blocks()))
+            stats.batch_sizes.append(len(plan.batch.blocks()))
     if len(frontier):
         raise RuntimeError(f"frontier not empty after the sweep: {sorted(frontier.blocks())}")
     if stats is not None:
-        stats.batches = len(plan.batches)
+        stats.batches = len(sweep.batches)
         stats.frontier_peak_bytes = frontier.peak_bytes
         stats.frontier_peak_blocks = frontier.peak_blocks
         stats.frontier_bound_blocks = frontier_bound(grid, shape)

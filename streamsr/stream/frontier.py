@@ -1,9 +1,9 @@
 """The K/V frontier: per-layer K and V of the blocks that later block batches still read.
 
 Entries are keyed by (block, layer) and hold K and V as they leave qk-LN and RoPE, before the per-slot
-block position embedding is added. The engine drops an entry once its last reader has used it and puts
-the new batch's entries layer by layer, so the frontier never holds more than `capacity` blocks' worth
-of K/V; `put` enforces that bound.
+block position embedding is added. The engine (engine.py) drops an entry once its last reader has used
+it and puts the new batch's entries layer by layer, as the batch's plan says, so the frontier never
+holds more than `capacity` blocks' worth of K/V; `put` enforces that bound.
 
 Where the entries live is the plan's placement (memory.py):
   device  on the compute device;
@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .planner import Block
-
-PLACEMENTS = ("device", "host", "disk")
+from ..core.grid import Block
+from .memory import PLACEMENTS
 
 
 class FrontierOverflow(RuntimeError):
@@ -34,6 +33,8 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 class Frontier:
+    """Per-layer K/V entries of blocks, bounded by `capacity_blocks`, placed on device, host or disk."""
+
     def __init__(self, capacity_blocks: int, layers: int, placement: str = "device",
                  device: torch.device | str | None = None, spill_dir: Path | None = None):
         if placement not in PLACEMENTS:

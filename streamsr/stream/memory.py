@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass, field
 
 from ..config import SR_SCALE, ModelConfig
+from .planner import BatchShape, Grid, frontier_bound, reads_bound
 
-PLACEMENTS = ("device", "host", "disk")
+PLACEMENTS = ("device", "host", "disk")  # where the K/V frontier lives (frontier.py places it)
 F32 = 4
 RUNTIME_HOST_BYTES = 840 << 20  # python + torch + diffusers + zarr: measured peak RSS of the smallest job,
 # interpreter shutdown included (tools/bench_memory.py: 836-838 MiB; 715 MiB until main() returns)
@@ -64,10 +65,12 @@ def slot_bytes(cfg: ModelConfig, itemsize: int) -> int:
     return 2 * cfg.layers * cfg.block_tokens * cfg.hidden * itemsize
 
 
-def activation_bytes(cfg: ModelConfig, blocks: int, reads: int, itemsize: int, reference_attention: bool = False) -> int:
+def activation_bytes(cfg: ModelConfig, blocks: int, reads: int, itemsize: int,
+                     reference_attention: bool = False) -> int:
     """Peak bytes of the tensors alive while one batch of `blocks` blocks goes through the network.
 
-    Walks forward_blocks: the residual h and the LR tokens live throughout; the peak is in the
+    Walks one pass of the network (model.InfDiT.layer via engine.denoise_batch): the residual h and the
+    LR tokens live throughout; the peak is in the
     attention phase (qkv, q/k after norm and RoPE, the K/V pool with the frontier reads, the gathered
     4-slot K/V, K plus the slot embedding, the output), or in the layer-0 cross-attention, or the MLP.
     """
@@ -96,17 +99,6 @@ def io_bytes(cfg: ModelConfig, blocks: int) -> int:
     return 5 * px + halo
 
 
-def batch_reads(shape: tuple[int, int]) -> int:
-    """Blocks a full batch reads from the frontier: a row above (bw + 1) and a column to the left (bh)."""
-    bh, bw = shape
-    return bw + bh + 1
-
-
-def frontier_blocks(grid_cols: int, shape: tuple[int, int]) -> int:
-    """Blocks of K/V held at most: blocks per row + batch height + 1 (planner.frontier_bound)."""
-    return grid_cols + shape[0] + 1
-
-
 @dataclass(frozen=True)
 class Prediction:
     batch: tuple[int, int]  # (bh, bw)
@@ -114,7 +106,7 @@ class Prediction:
     device_bytes: int  # peak on the compute device (the CPU's RAM when device is cpu)
     host_bytes: int  # peak host RAM (includes device_bytes when the device is the CPU)
     disk_bytes: int  # spilled frontier on disk
-    seconds_per_sweep: float  # the model's relative time (block-compute units), to rank plans
+    sweep_cost_blocks: float  # modelled time of one sweep in units of one block's compute (ranks plans; not seconds)
     parts: dict = field(default_factory=dict)  # named terms, bytes
 
     def fits(self, vram: int | None, ram: int | None, device_type: str) -> bool:
@@ -132,9 +124,9 @@ def predict(cfg: ModelConfig, itemsize: int, out_hw: tuple[int, int], batch: tup
     cols = -(-out_hw[1] // cfg.block_size)
     bh, bw = min(batch[0], rows), min(batch[1], cols)
     n = bh * bw
-    reads = batch_reads((bh, bw))
+    reads = reads_bound(BatchShape(bh, bw))
     slot = slot_bytes(cfg, itemsize)
-    front = frontier_blocks(cols, (bh, bw)) * slot
+    front = frontier_bound(Grid(rows, cols), BatchShape(bh, bw)) * slot
     parts = {
         "weights": weight_bytes(cfg, itemsize),
         "activations": activation_bytes(cfg, n, reads, itemsize, reference_attention),
@@ -152,12 +144,12 @@ def predict(cfg: ModelConfig, itemsize: int, out_hw: tuple[int, int], batch: tup
     compute = blocks_total + batches * BATCH_OVERHEAD_BLOCKS  # unit: one block's compute
     moved = 2 * batches * reads * slot  # K/V brought in for every batch, and as much written out
     if placement == "host" and device_type != "cpu":  # overlapped with compute on a side stream
-        seconds = max(compute, moved / PCIE_BYTES_PER_S * blocks_per_second(cfg, device_type))
+        cost = max(compute, moved / PCIE_BYTES_PER_S * blocks_per_second(cfg, device_type))
     elif placement == "disk":
-        seconds = compute + moved / DISK_BYTES_PER_S * blocks_per_second(cfg, device_type)
+        cost = compute + moved / DISK_BYTES_PER_S * blocks_per_second(cfg, device_type)
     else:
-        seconds = compute
-    return Prediction((bh, bw), placement, device, host, disk, seconds, {**parts, **host_parts})
+        cost = compute
+    return Prediction((bh, bw), placement, device, host, disk, cost, {**parts, **host_parts})
 
 
 def blocks_per_second(cfg: ModelConfig, device_type: str) -> float:
@@ -190,7 +182,7 @@ def plan(cfg: ModelConfig, itemsize: int, out_hw: tuple[int, int], vram: int | N
                for s in shapes for p in placements]
     fitting = [o for o in options if o.fits(vram, ram, device_type)]
     if fitting:
-        return min(fitting, key=lambda o: (o.seconds_per_sweep, o.device_bytes, o.host_bytes))
+        return min(fitting, key=lambda o: (o.sweep_cost_blocks, o.device_bytes, o.host_bytes))
     smallest = min(options, key=lambda o: (o.host_bytes if device_type == "cpu" else o.device_bytes, o.host_bytes))
     need = (f"--ram {format_bytes(smallest.host_bytes)}" if device_type == "cpu"
             else f"--vram {format_bytes(smallest.device_bytes)} --ram {format_bytes(smallest.host_bytes)}")

@@ -1,55 +1,20 @@
-"""Grid geometry, block batches in raster order, neighbours and the frontier's live set. No torch.
+"""Planning, pure Python (no torch): block batches in raster order, the frontier's live set, the frozen
+per-batch plan the engine executes, and the job's task list.
 
-A block (r, c) attends to itself and to its top-left, left and top neighbours, clamped at the image
-border exactly as the official full-image mode does (missing neighbours are duplicates of existing
-blocks). Batches of bh x bw blocks are visited in raster order; the frontier keeps a block's K/V from
-the batch that made it until the last later batch that reads it (`last_reader`).
+Grid geometry (Block, Neighbors, neighbors, Grid) is core/grid.py's, re-exported here. Batches of bh x bw
+blocks are visited in raster order; the frontier keeps a block's K/V from the batch that made it until
+the last later batch that reads it (`last_reader`). For each batch the planner hands the engine a
+`BatchPlan` (reads, key-slot pool indices, keep, drop, the next batch's reads). A job is a flat
+list of tasks, sweeps x batches (`job_tasks`), each task of a `TaskKind`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from enum import StrEnum
+from typing import Iterator
 
-Block = tuple[int, int]  # (row, col) in blocks
-
-
-class Neighbors(NamedTuple):
-    """The keys of a block, in the official slot order [self, top-left, left, top]."""
-
-    self: Block
-    top_left: Block
-    left: Block
-    top: Block
-
-
-def neighbors(r: int, c: int) -> Neighbors:
-    """Neighbours of block (r, c), clamped at the top and left border (official `full` mode)."""
-    up, lf = max(r - 1, 0), max(c - 1, 0)
-    return Neighbors(self=(r, c), top_left=(up, lf), left=(r, lf), top=(up, c))
-
-
-@dataclass(frozen=True)
-class Grid:
-    rows: int  # blocks per column
-    cols: int  # blocks per row
-
-    def __post_init__(self) -> None:
-        if self.rows <= 0 or self.cols <= 0:
-            raise ValueError(f"a grid needs at least one block, got {self.rows}x{self.cols}")
-
-    @classmethod
-    def for_image(cls, height: int, width: int, block_size: int) -> "Grid":
-        if height % block_size or width % block_size or height <= 0 or width <= 0:
-            raise ValueError(f"image size {width}x{height} is not a positive multiple of the block size "
-                             f"{block_size}")
-        return cls(height // block_size, width // block_size)
-
-    def blocks(self) -> list[Block]:
-        return [(r, c) for r in range(self.rows) for c in range(self.cols)]
-
-    def index(self, block: Block) -> int:
-        return block[0] * self.cols + block[1]
+from ..core.grid import Block, Grid, Neighbors, neighbors  # noqa: F401  (Grid, Neighbors: re-exported)
 
 
 @dataclass(frozen=True)
@@ -86,6 +51,12 @@ class Batch:
     def contains(self, block: Block) -> bool:
         r, c = block
         return self.row0 <= r < self.row0 + self.rows and self.col0 <= c < self.col0 + self.cols
+
+
+def batch_box(batch: Batch, block_size: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of a batch in HR pixels."""
+    return (batch.row0 * block_size, (batch.row0 + batch.rows) * block_size,
+            batch.col0 * block_size, (batch.col0 + batch.cols) * block_size)
 
 
 @dataclass(frozen=True)
@@ -139,6 +110,26 @@ def external_reads(batch: Batch) -> list[Block]:
     return list(seen)
 
 
+Slots = tuple[int, int, int, int]  # pool indices of a block's key slots [self, top-left, left, top]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The planner's instructions for one batch; the engine executes them as given (DESIGN.md rule 5).
+
+    The batch's K/V pool is [its own blocks, row-major, then `reads` from the frontier]; slots[i] are the
+    pool indices of block i's key slots. At every layer, once the batch has gathered its slots, the
+    entries of `drop` leave the frontier and those of `keep` enter it.
+    """
+
+    batch: Batch
+    reads: tuple[Block, ...]  # blocks the batch takes from the frontier, first-use order
+    slots: tuple[Slots, ...]  # per block of the batch, row-major
+    keep: tuple[Block, ...]  # the batch's own blocks that later batches read
+    drop: tuple[Block, ...]  # reads whose last reader is this batch
+    next_reads: tuple[Block, ...]  # what the next batch in raster order reads (staged ahead); () for the last
+
+
 @dataclass(frozen=True)
 class FrontierPlan:
     """Which blocks the frontier holds, from the batch that makes them to the last batch that reads them.
@@ -174,6 +165,21 @@ class FrontierPlan:
         """Blocks whose last reader is this batch."""
         return tuple(blk for blk in self.reads(batch) if self.last_reader(blk) == batch.index)
 
+    def batch_plan(self, batch: Batch) -> BatchPlan:
+        """The frozen plan of one batch."""
+        reads = self.reads(batch)
+        pool = {blk: i for i, blk in enumerate(batch.blocks())}
+        pool.update({blk: len(pool) + j for j, blk in enumerate(reads)})  # len(pool) = the batch's N
+        slots = tuple(tuple(pool[nb] for nb in neighbors(r, c)) for r, c in batch.blocks())
+        following = batch.index + 1
+        next_reads = self.reads(self.batches[following]) if following < len(self.batches) else ()
+        return BatchPlan(batch=batch, reads=reads, slots=slots, keep=self.keep(batch), drop=self.drop(batch),
+                         next_reads=next_reads)
+
+    def batch_plans(self) -> Iterator[BatchPlan]:
+        """The plans of every batch, raster order (lazy)."""
+        return (self.batch_plan(batch) for batch in self.batches)
+
     def live_after(self, index: int) -> set[Block]:
         """Blocks held by the frontier once batch `index` has finished (for tests and reports)."""
         live: set[Block] = set()
@@ -192,6 +198,12 @@ def frontier_bound(grid: Grid, shape: BatchShape) -> int:
     return grid.cols + shape.rows + 1
 
 
+def reads_bound(shape: BatchShape) -> int:
+    """The most blocks one batch reads from the frontier: the row above with its corner (bw + 1) and the
+    column to the left (bh)."""
+    return shape.cols + shape.rows + 1
+
+
 # ---- the job's task list -------------------------------------------------------------------------
 # A job is a flat list of idempotent tasks, each over one block batch:
 #   init     x_T = up(LR) + sigma_max * eps(seed, block)            writes state[0]
@@ -201,35 +213,60 @@ def frontier_bound(grid: Grid, shape: BatchShape) -> int:
 #                                                                    writes state[(i+1)%2]
 #   stats    per-channel moments of the result and of up(LR)         (global anchoring only)
 #   anchor   anchoring applied and quantised into the output array
-# followed by one `export` task (the output file). predict/correct tasks of one step form a sweep whose
-# K/V frontier lives across its batches.
-TASK_KINDS = ("init", "predict", "correct", "stats", "anchor", "export")
+# followed by one `export` task (the output file). The tasks of one kind (and step) over every batch
+# form a sweep; a denoiser sweep (predict/correct) keeps its K/V frontier across its batches.
+
+
+class TaskKind(StrEnum):
+    INIT = "init"
+    PREDICT = "predict"
+    CORRECT = "correct"
+    STATS = "stats"
+    ANCHOR = "anchor"
+    EXPORT = "export"
+
+    @property
+    def is_model(self) -> bool:
+        """A denoiser sweep: evaluates the model and holds a K/V frontier."""
+        return self in (TaskKind.PREDICT, TaskKind.CORRECT)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One pass over every batch: a denoiser sweep at sampler step `step`, or init/stats/anchor (no step)."""
+
+    kind: TaskKind
+    step: int | None = None  # sampler step i of a predict/correct sweep
+
+    def __post_init__(self) -> None:
+        if self.kind.is_model != (self.step is not None):
+            raise ValueError(f"a {self.kind} sweep {'needs' if self.kind.is_model else 'has no'} sampler step")
 
 
 @dataclass(frozen=True)
 class Task:
     index: int  # position in the job's task list (the cursor)
-    kind: str  # one of TASK_KINDS
-    step: int  # sampler step i (-1 for init/stats/anchor/export)
+    kind: TaskKind
+    step: int | None  # sampler step i of a predict/correct task; None for the others
     batch: Batch | None  # None for export
 
     @property
-    def sweep(self) -> tuple[str, int]:
+    def sweep(self) -> Sweep:
         """Tasks of one sweep share a K/V frontier."""
-        return (self.kind, self.step)
+        return Sweep(self.kind, self.step)
 
     @property
     def is_model(self) -> bool:
-        return self.kind in ("predict", "correct")
+        return self.kind.is_model
 
 
-def sampler_stages(steps: int, sampler: str) -> list[tuple[str, int]]:
-    """(kind, step) of every denoiser sweep: Heun corrects every step but the last (to sigma 0)."""
+def sampler_stages(steps: int, sampler: str) -> list[Sweep]:
+    """The denoiser sweeps: Heun corrects every step but the last (to sigma 0)."""
     stages = []
     for i in range(steps):
-        stages.append(("predict", i))
+        stages.append(Sweep(TaskKind.PREDICT, i))
         if sampler == "heun" and i < steps - 1:
-            stages.append(("correct", i))
+            stages.append(Sweep(TaskKind.CORRECT, i))
     return stages
 
 
@@ -238,7 +275,7 @@ class TaskList:
     """A job's tasks as a lazy sequence: sweeps x batches, then one export task."""
 
     batches: BatchGrid
-    sweeps: tuple[tuple[str, int], ...]  # (kind, step) of each sweep, in order
+    sweeps: tuple[Sweep, ...]  # in order
 
     def __len__(self) -> int:
         return len(self.sweeps) * len(self.batches) + 1
@@ -246,24 +283,34 @@ class TaskList:
     def __getitem__(self, index: int) -> Task:
         n = len(self.batches)
         if index == len(self) - 1:
-            return Task(index, "export", -1, None)
+            return Task(index, TaskKind.EXPORT, None, None)
         if not 0 <= index < len(self) - 1:
             raise IndexError(f"task {index} outside 0..{len(self) - 1}")
-        kind, step = self.sweeps[index // n]
-        return Task(index, kind, step, self.batches[index % n])
+        sweep = self.sweeps[index // n]
+        return Task(index, sweep.kind, sweep.step, self.batches[index % n])
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def first(self, kind: TaskKind) -> int:
+        """Index of the first task of the first sweep of `kind` (e.g. where the anchor sweep starts)."""
+        if kind is TaskKind.EXPORT:
+            return len(self) - 1
+        for number, sweep in enumerate(self.sweeps):
+            if sweep.kind == kind:
+                return number * len(self.batches)
+        raise ValueError(f"this job has no {kind} sweep")
+
     def model_blocks(self) -> int:
         """Block evaluations of the denoiser over the whole job."""
-        sweeps = sum(1 for kind, _ in self.sweeps if kind in ("predict", "correct"))
+        sweeps = sum(1 for sweep in self.sweeps if sweep.kind.is_model)
         return sweeps * self.batches.grid.rows * self.batches.grid.cols
 
 
 def job_tasks(grid: Grid, shape: BatchShape, steps: int, sampler: str, anchor: str) -> TaskList:
-    sweeps: list[tuple[str, int]] = [("init", -1), *sampler_stages(steps, sampler)]
+    """The task list of a job: init, the sampler's sweeps, stats (global anchoring), anchor, export."""
+    sweeps = [Sweep(TaskKind.INIT), *sampler_stages(steps, sampler)]
     if anchor == "global":
-        sweeps.append(("stats", -1))
-    sweeps.append(("anchor", -1))
+        sweeps.append(Sweep(TaskKind.STATS))
+    sweeps.append(Sweep(TaskKind.ANCHOR))
     return TaskList(raster_batches(grid, shape), tuple(sweeps))

@@ -1,0 +1,176 @@
+"""Making a job dir: the LR input (`LRInput`), the memory plan, the store with the LR ingested (padded to
+whole blocks by reflection) and the semantic vector, then the manifest (cursor 0), written last.
+
+A job dir without a manifest is an incomplete creation: nothing in it was committed, so it is redone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..config import JobConfig, ModelConfig
+from ..core.sampler import karras_sigmas
+from ..errors import BadInput
+from ..weights import model_hash, read_model_config
+from .manifest import Geometry, InputInfo, JobStatus, Manifest, MemoryPlan, ModelRef, OutputRef
+from .store import CroppedView, JobDir, JobError, JobStore
+
+BAND_BLOCKS = 8  # LR blocks per ingest band
+CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+
+
+@dataclass(frozen=True)
+class LRInput:
+    """An LR input: its identity, pixel format and a generator of row bands in [0, 1]."""
+
+    name: str  # file path, or a description for a chained stage
+    sha256: str
+    width: int
+    height: int
+    mode: str  # "L", "LA", "RGB", "RGBA"
+    bit_depth: int  # 8 or 16
+    bands: Callable[[int], Iterator[tuple[int, np.ndarray]]]  # band_rows -> (y0, (rows, W, C) float32)
+
+    def info(self) -> InputInfo:
+        """What the manifest records of it."""
+        return InputInfo(self.name, self.sha256, self.width, self.height, self.mode, self.bit_depth)
+
+
+def file_source(path: Path) -> LRInput:
+    """An input file or zarr array, read by row bands (huge PNG/TIFF/zarr inputs stream)."""
+    from ..io.probe import input_sha256, probe
+    from ..io.read import iter_row_bands
+
+    info = probe(path, stream=True)
+    return LRInput(str(Path(path).resolve()), input_sha256(path), info.width, info.height, info.mode,
+                   info.bit_depth, lambda rows: iter_row_bands(path, rows))
+
+
+def reflect_index(i: int, n: int) -> int:
+    """numpy's 'reflect' padding index (no edge repeat), any distance; n == 1 repeats the edge."""
+    if n == 1:
+        return 0
+    period = 2 * (n - 1)
+    i %= period
+    return i if i < n else period - i
+
+
+def _reflect_cols(band: np.ndarray, width: int) -> np.ndarray:
+    """Pad a band (rows, w, C) on the right to `width` columns by reflection."""
+    w = band.shape[1]
+    idx = np.array([reflect_index(i, w) for i in range(width)])
+    return band[:, idx]
+
+
+def ingest(store: JobStore, source: LRInput) -> None:
+    """Write the LR (and alpha) into the store by bands, padded right and bottom by reflection."""
+    geo = store.geometry
+    lh, lw = geo.lr_padded
+    lr, alpha = store.array("lr"), (store.array("alpha") if "A" in source.mode else None)
+    rows_seen = 0
+    for y0, band in source.bands(geo.lr_block * BAND_BLOCKS):
+        band = _reflect_cols(np.asarray(band, dtype=np.float32), lw)  # (rows, lw, C)
+        color = band[..., :1].repeat(3, axis=-1) if source.mode in ("L", "LA") else band[..., :3]  # (rows, lw, 3)
+        lr[0, :, y0:y0 + band.shape[0], :] = (color * 2 - 1).transpose(2, 0, 1)
+        if alpha is not None:
+            alpha[0, 0, y0:y0 + band.shape[0], :] = band[..., -1]
+        rows_seen = y0 + band.shape[0]
+    if rows_seen != source.height:
+        raise BadInput(f"{source.name}: expected {source.height} rows, read {rows_seen}")
+    for y in range(source.height, lh):  # bottom padding, row by row from the stored rows
+        src = reflect_index(y, source.height)
+        lr[0, :, y, :] = lr[0, :, src, :]
+        if alpha is not None:
+            alpha[0, 0, y, :] = alpha[0, 0, src, :]
+
+
+def default_model_dir() -> Path:
+    """The model shipped inside the package."""
+    return Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+def resolve_model_dir(model_dir: str | Path | None) -> Path:
+    if model_dir is None:
+        path = default_model_dir()
+        if not (path / "config.json").is_file():
+            raise BadInput("no default model is shipped with this build; pass --model DIR")
+        return path
+    return Path(model_dir).resolve()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_batch: bool,
+                auto_placement: bool) -> tuple[JobConfig, MemoryPlan]:
+    """Resolve batch and frontier placement with the memory planner: (JobConfig with them, the plan)."""
+    from ..stream import memory
+
+    try:
+        pred = memory.plan(mcfg, 2 if cfg.dtype == "bf16" else 4, geometry.hr_padded, cfg.vram or None, cfg.ram or None,
+                           torch.device(cfg.device).type,
+                           batch=None if auto_batch else (cfg.batch_rows, cfg.batch_cols),
+                           placement=None if auto_placement else cfg.placement,
+                           reference_attention=cfg.backend == "reference")
+    except memory.BudgetError as exc:
+        raise BadInput(str(exc)) from None
+    plan = MemoryPlan.from_prediction(pred)
+    return replace(cfg, batch_rows=plan.batch[0], batch_cols=plan.batch[1], placement=plan.placement), plan
+
+
+def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, model_dir: Path, cfg: JobConfig,
+               stage: str = "x4", auto_batch: bool = False, auto_placement: bool = False) -> JobStore:
+    """Make a new job dir: store, LR, semantic vector, then the manifest (written last)."""
+    from ..semantic import semantic_vector
+
+    mcfg: ModelConfig = read_model_config(model_dir)
+    if source.width < 1 or source.height < 1:
+        raise BadInput(f"{source.name}: empty image")
+    if source.mode not in CHANNELS:
+        raise BadInput(f"{source.name}: pixel mode {source.mode!r} is not one of {', '.join(CHANNELS)}")
+    geo = Geometry(source.height, source.width, mcfg.block_size)
+    cfg, plan = plan_memory(mcfg, cfg, geometry=geo, auto_batch=auto_batch, auto_placement=auto_placement)
+    manifest = Manifest(
+        stage=stage,
+        status=JobStatus.CREATED,
+        created=now_iso(),
+        model=ModelRef(str(model_dir), model_hash(model_dir), mcfg),
+        input=source.info(),
+        output=OutputRef(str(output) if output else None),
+        job=cfg,
+        plan=plan,
+        geometry=geo,
+        sigmas=tuple(float(s) for s in karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)),
+        total_tasks=0,
+    )
+    manifest = replace(manifest, total_tasks=len(manifest.tasks()))
+    store = JobStore.create(where, manifest)
+    ingest(store, source)
+    vector = semantic_vector(model_dir, mcfg.vector_dim, CroppedView(store.array("lr"), geo.lr_height, geo.lr_width),
+                             prompt_pos=cfg.prompt_pos or None, prompt_neg=cfg.prompt_neg or None)  # (1, V) or None
+    if vector is not None:
+        store.array("vector")[...] = vector.detach().float().cpu().numpy()
+    store.commit()  # the manifest is the last thing written: a job dir without it is incomplete
+    return store
+
+
+def check_same_job(manifest: Manifest, source: LRInput, *, model_dir: Path, cfg: JobConfig) -> None:
+    """An existing job dir must have been made from the same input, model and pixel settings."""
+    if manifest.model.hash != model_hash(model_dir):
+        raise JobError(f"the job was made with another model ({manifest.model.dir}); use a new --job "
+                       "dir or the same --model")
+    if manifest.input.sha256 != source.sha256:
+        raise JobError(f"the job was made from another input ({manifest.input.path}); use a new --job dir")
+    old = manifest.job.pixel_settings()
+    new = cfg.pixel_settings()
+    diff = sorted(k for k in old if old[k] != new[k])
+    if diff:
+        raise JobError("the job was made with other settings (" + ", ".join(f"{k}={old[k]!r}" for k in diff)
+                       + "); resume it with the same settings or use a new --job dir")
