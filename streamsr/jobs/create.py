@@ -27,19 +27,10 @@ CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 @dataclass(frozen=True)
 class LRInput:
-    """An LR input: its identity, pixel format and a generator of row bands in [0, 1]."""
+    """An LR input: what the manifest records of it, and a generator of its row bands in [0, 1]."""
 
-    name: str  # file path, or a description for a chained stage
-    sha256: str
-    width: int
-    height: int
-    mode: str  # "L", "LA", "RGB", "RGBA"
-    bit_depth: int  # 8 or 16
+    info: InputInfo  # identity (path or a stage's description, sha256) and pixel format
     bands: Callable[[int], Iterator[tuple[int, np.ndarray]]]  # band_rows -> (y0, (rows, W, C) float32)
-
-    def info(self) -> InputInfo:
-        """What the manifest records of it."""
-        return InputInfo(self.name, self.sha256, self.width, self.height, self.mode, self.bit_depth)
 
 
 def file_source(path: Path) -> LRInput:
@@ -48,8 +39,8 @@ def file_source(path: Path) -> LRInput:
     from ..io.read import iter_row_bands
 
     info = probe(path, stream=True)
-    return LRInput(str(Path(path).resolve()), input_sha256(path), info.width, info.height, info.mode,
-                   info.bit_depth, lambda rows: iter_row_bands(path, rows))
+    return LRInput(InputInfo(str(Path(path).resolve()), input_sha256(path), info.width, info.height, info.mode,
+                             info.bit_depth), lambda rows: iter_row_bands(path, rows))
 
 
 def reflect_index(i: int, n: int) -> int:
@@ -72,19 +63,19 @@ def ingest(store: JobStore, source: LRInput) -> None:
     """Write the LR (and alpha) into the store by bands, padded right and bottom by reflection."""
     geo = store.geometry
     lh, lw = geo.lr_padded
-    lr, alpha = store.array("lr"), (store.array("alpha") if "A" in source.mode else None)
+    lr, alpha = store.array("lr"), (store.array("alpha") if "A" in source.info.mode else None)
     rows_seen = 0
     for y0, band in source.bands(geo.lr_block * BAND_BLOCKS):
         band = _reflect_cols(np.asarray(band, dtype=np.float32), lw)  # (rows, lw, C)
-        color = band[..., :1].repeat(3, axis=-1) if source.mode in ("L", "LA") else band[..., :3]  # (rows, lw, 3)
+        color = band[..., :1].repeat(3, axis=-1) if source.info.mode in ("L", "LA") else band[..., :3]  # (rows, lw, 3)
         lr[0, :, y0:y0 + band.shape[0], :] = (color * 2 - 1).transpose(2, 0, 1)
         if alpha is not None:
             alpha[0, 0, y0:y0 + band.shape[0], :] = band[..., -1]
         rows_seen = y0 + band.shape[0]
-    if rows_seen != source.height:
-        raise BadInput(f"{source.name}: expected {source.height} rows, read {rows_seen}")
-    for y in range(source.height, lh):  # bottom padding, row by row from the stored rows
-        src = reflect_index(y, source.height)
+    if rows_seen != source.info.height:
+        raise BadInput(f"{source.info.path}: expected {source.info.height} rows, read {rows_seen}")
+    for y in range(source.info.height, lh):  # bottom padding, row by row from the stored rows
+        src = reflect_index(y, source.info.height)
         lr[0, :, y, :] = lr[0, :, src, :]
         if alpha is not None:
             alpha[0, 0, y, :] = alpha[0, 0, src, :]
@@ -131,18 +122,18 @@ def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, mo
     from ..semantic import semantic_vector
 
     mcfg: ModelConfig = read_model_config(model_dir)
-    if source.width < 1 or source.height < 1:
-        raise BadInput(f"{source.name}: empty image")
-    if source.mode not in CHANNELS:
-        raise BadInput(f"{source.name}: pixel mode {source.mode!r} is not one of {', '.join(CHANNELS)}")
-    geo = Geometry(source.height, source.width, mcfg.block_size)
+    if source.info.width < 1 or source.info.height < 1:
+        raise BadInput(f"{source.info.path}: empty image")
+    if source.info.mode not in CHANNELS:
+        raise BadInput(f"{source.info.path}: pixel mode {source.info.mode!r} is not one of {', '.join(CHANNELS)}")
+    geo = Geometry(source.info.height, source.info.width, mcfg.block_size)
     cfg, plan = plan_memory(mcfg, cfg, geometry=geo, auto_batch=auto_batch, auto_placement=auto_placement)
     manifest = Manifest(
         stage=stage,
         status=JobStatus.CREATED,
         created=now_iso(),
         model=ModelRef(str(model_dir), model_hash(model_dir), mcfg),
-        input=source.info(),
+        input=source.info,
         output=OutputRef(str(output) if output else None),
         job=cfg,
         plan=plan,
@@ -166,7 +157,7 @@ def check_same_job(manifest: Manifest, source: LRInput, *, model_dir: Path, cfg:
     if manifest.model.hash != model_hash(model_dir):
         raise JobError(f"the job was made with another model ({manifest.model.dir}); use a new --job "
                        "dir or the same --model")
-    if manifest.input.sha256 != source.sha256:
+    if manifest.input.sha256 != source.info.sha256:
         raise JobError(f"the job was made from another input ({manifest.input.path}); use a new --job dir")
     old = manifest.job.pixel_settings()
     new = cfg.pixel_settings()

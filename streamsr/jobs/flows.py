@@ -20,7 +20,7 @@ from ..config import JobConfig
 from ..errors import BadInput
 from ..stream.memory import format_bytes
 from .create import LRInput, check_same_job, create_job, file_source, resolve_model_dir
-from .manifest import JobStatus, MemoryPlan, OutputRef
+from .manifest import InputInfo, JobStatus, MemoryPlan, OutputRef
 from .progress import format_seconds
 from .run import Interrupted, JobReport, remove_job_dir, run_job
 from .store import JobDir, JobError, JobStore, job_lock, read_manifest, write_json_atomic
@@ -81,7 +81,8 @@ def store_source(job_dir: JobDir) -> LRInput:
         for y0 in range(0, h, rows):
             yield y0, arr[y0:min(y0 + rows, h), :w, :].astype(np.float32) / top  # (rows, w, C)
 
-    return LRInput(f"{job_dir.root} (x4 stage output)", identity, w, h, m.input.mode, m.input.bit_depth, bands)
+    return LRInput(InputInfo(f"{job_dir.root} (x4 stage output)", identity, w, h, m.input.mode, m.input.bit_depth),
+                   bands)
 
 
 @dataclass(frozen=True)

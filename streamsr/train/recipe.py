@@ -309,22 +309,22 @@ def lr_dropout(lr: torch.Tensor, concat_lr: torch.Tensor, p: float, gen: torch.G
 
 
 @dataclass(frozen=True)
-class Batch:
+class TrainBatch:
     x: torch.Tensor  # (B, 3, H, W) clean HR in [-1, 1]
     lr: torch.Tensor  # (B, 3, H/4, W/4)
     concat_lr: torch.Tensor  # (B, 3, H, W) = upsample_full(lr) (or noise where dropped)
     dropped: torch.Tensor  # (B,) bool: LR dropout applied
 
-    def to(self, device) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.x, self.lr, self.concat_lr, self.dropped)))
+    def to(self, device) -> "TrainBatch":
+        return TrainBatch(*(t.to(device, non_blocking=True) for t in (self.x, self.lr, self.concat_lr, self.dropped)))
 
 
-def make_batch(hr: torch.Tensor, gen: torch.Generator, settings: TrainSettings = TrainSettings()) -> Batch:
-    """HR crops (B, 3, H, W) -> a training Batch: degrade, upsample as at inference, LR dropout."""
+def make_batch(hr: torch.Tensor, gen: torch.Generator, settings: TrainSettings = TrainSettings()) -> TrainBatch:
+    """HR crops (B, 3, H, W) -> a training TrainBatch: degrade, upsample as at inference, LR dropout."""
     lr = degrade(hr, gen, settings)  # (B, 3, H/4, W/4)
     concat_lr = upsample_full(lr)  # (B, 3, H, W)
     lr, concat_lr, dropped = lr_dropout(lr, concat_lr, settings.lr_dropout, gen)
-    return Batch(hr, lr, concat_lr, dropped)
+    return TrainBatch(hr, lr, concat_lr, dropped)
 
 
 # ---- EDM loss ------------------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def train_thumbnail(lr: torch.Tensor, size: int = THUMB_SIZE) -> torch.Tensor:
                          align_corners=False)
 
 
-def edm_loss(model: InfDiT, encoder: SemanticNet | None, batch: Batch, noise: Noise, *,
+def edm_loss(model: InfDiT, encoder: SemanticNet | None, batch: TrainBatch, noise: Noise, *,
              thumb_size: int = THUMB_SIZE, backend: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor]:
     """(loss scalar, per-sample loss (B,)): mean of loss_weight(sigma) (D(x + sigma eps) - x)^2."""
     x = batch.x

@@ -32,7 +32,7 @@ from ..core.model import InfDiT
 from ..errors import BadInput
 from ..semantic.learned import THUMB_SIZE, SemanticNet, save_encoder
 from .recipe import (  # noqa: F401  (re-exported: tools import them from here)
-    Batch,
+    TrainBatch,
     CropSampler,
     Noise,
     TrainSettings,
@@ -142,7 +142,7 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def train_step(self, batch: Batch, noise: Noise) -> StepResult:
+    def train_step(self, batch: TrainBatch, noise: Noise) -> StepResult:
         """One optimizer step on a prepared batch and noise."""
         batch = batch.to(self.device)
         for group in self.optimizer.param_groups:
@@ -160,7 +160,7 @@ class Trainer:
         return StepResult(self.step_count, float(loss.detach()), per_sample.detach().float().cpu(),
                           noise.sigma.detach().cpu(), float(grad_norm))
 
-    def next_batch(self, sampler: CropSampler) -> tuple[Batch, Noise]:
+    def next_batch(self, sampler: CropSampler) -> tuple[TrainBatch, Noise]:
         """The batch and noise of the next step: pure functions of (seed, step)."""
         data_gen = step_generator(self.settings.seed, self.step_count, "data")
         noise_gen = step_generator(self.settings.seed, self.step_count, "noise")
