@@ -32,9 +32,9 @@ from ..core.model import InfDiT
 from ..errors import BadInput
 from ..semantic.learned import THUMB_SIZE, SemanticNet, save_encoder
 from .recipe import (  # noqa: F401  (re-exported: tools import them from here)
-    TrainBatch,
     CropSampler,
     Noise,
+    TrainBatch,
     TrainSettings,
     draw_noise,
     edm_loss,
