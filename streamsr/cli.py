@@ -39,7 +39,7 @@ def job_config(args: argparse.Namespace):
     from .weights import model_defaults
 
     settings = model_defaults(resolve_model_dir(args.model), getattr(args, "mode", None))
-    for name in ("steps", "sampler", "anchor", "sigma_min", "sigma_max"):
+    for name in ("steps", "sampler", "anchor", "sigma_min", "sigma_max", "noise_init"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
     batch = args.batch or (1, 1)
@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sigma-max", type=float, default=None,
                     help="start of the Karras schedule: x_T = up(LR) + sigma_max * eps (default: the model's, else 40)")
     up.add_argument("--sigma-min", type=float, default=None, help="end of the schedule (default: the model's, else 0.002)")
+    up.add_argument("--noise-init", action=argparse.BooleanOptionalAction, default=None,
+                    help="x_T = up(LR) + sigma_max * eps (--noise-init) or x_T = up(LR) (--no-noise-init, a residual "
+                         "model's deterministic fidelity point) (default: the model's, else on)")
     up.add_argument("--seed", type=int, default=0, help="noise seed; noise is drawn per block from (seed, block)")
     add_plan_args(up)
     up.add_argument("--anchor", choices=("none", "global", "local"), default=None,

@@ -68,6 +68,18 @@ def test_job_follows_the_named_mode(model_dir, tmp_path, mode):
     assert np.array_equal(np.asarray(Image.open(out)), quantize(x0))
 
 
+def test_flags_override_the_mode(model_dir, tmp_path):
+    """--sigma-max/--steps change the schedule of the fidelity mode; --noise-init turns its noise back on."""
+    from streamsr.jobs.store import read_manifest
+
+    job = tmp_path / "job"
+    assert main(["upscale", str(model_dir / "in.png"), "-o", str(tmp_path / "o.png"), "--model",
+                 str(model_dir / "model"), "--job", str(job), "--steps", "2", "--sigma-max", "0.2", "--sigma-min", "0.02",
+                 "--noise-init", "-q"]) == 0
+    cfg = read_manifest(job).job
+    assert (cfg.steps, cfg.sigma_max, cfg.noise_init, cfg.sampler) == (2, 0.2, True, "euler")
+
+
 def test_noise_init_must_be_a_bool():
     with pytest.raises(ConfigError, match="noise_init"):
         JobConfig(noise_init="no")
