@@ -32,6 +32,24 @@ def parse_batch(text: str) -> tuple[int, int]:
     return shape.rows, shape.cols
 
 
+def default_vram(device: str) -> int:
+    """The --vram default: on CUDA the device's free memory (torch.cuda.mem_get_info) plus the CUDA context
+    that reading it has just created in this process (the plan counts the context itself,
+    stream.memory.CUDA_CONTEXT_BYTES); elsewhere 0, no budget."""
+    import torch
+
+    from .stream.memory import CUDA_CONTEXT_BYTES
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return 0
+    free, _total = torch.cuda.mem_get_info(dev)
+    return int(free) + CUDA_CONTEXT_BYTES
+
+
 def job_config(args: argparse.Namespace):
     """JobConfig from: the flags given, else the model dir's recommended settings, else the defaults."""
     from .config import ConfigError, JobConfig
@@ -47,14 +65,24 @@ def job_config(args: argparse.Namespace):
         return JobConfig(**settings, seed=args.seed, batch_rows=batch[0], batch_cols=batch[1], device=args.device,
                          dtype=args.dtype, backend=args.backend, prompt_pos=args.prompt_pos or "",
                          prompt_neg=args.prompt_neg or "", placement=args.frontier or "device",
-                         vram=args.vram or 0, ram=args.ram or 0)
+                         vram=args.vram if args.vram is not None else default_vram(args.device), ram=args.ram or 0)
     except (ConfigError, TypeError) as exc:
         raise BadInput(str(exc)) from None
+
+
+def check_backend_runs(args: argparse.Namespace) -> None:
+    """Early, before a job dir exists: the attention backend must really run on the device (xformers)."""
+    import torch
+
+    from .core.attention import check_backend
+
+    check_backend(args.backend, args.device, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     from .jobs.flows import upscale
 
+    check_backend_runs(args)
     upscale(args.input, args.output, model_dir=args.model, job_dir=args.job, cfg=job_config(args), scale=args.scale,
             keep_job=args.keep_job, progress=not args.quiet, auto_batch=args.batch is None,
             auto_placement=args.frontier is None)
@@ -147,7 +175,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
                    help="blocks per batch, rows x cols (default: the largest that fits the budget); "
                         "the output does not depend on it")
     p.add_argument("--vram", type=parse_size_arg, default=None, metavar="SIZE",
-                   help="device memory budget, e.g. 8GiB (CUDA)")
+                   help="device memory budget, e.g. 8GiB (CUDA; default: the device's free memory)")
     p.add_argument("--ram", type=parse_size_arg, default=None, metavar="SIZE", help="host memory budget, e.g. 16GiB")
     p.add_argument("--frontier", choices=("device", "host", "disk"), default=None,
                    help="where the K/V frontier lives (default: chosen by the memory planner)")

@@ -63,9 +63,19 @@ def load_model_dir(path: str | Path) -> InfDiT:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> InfDiT:
-    """Load a model dir (config.json + safetensors, as save_pretrained writes) for inference."""
-    model = load_model_dir(path).to(device)
-    return (model if dtype == torch.float32 else model.to(dtype)).eval()
+    """Load a model dir (config.json + safetensors, as save_pretrained writes) for inference.
+
+    The weights are cast on the CPU before they move, so a bf16 model never has an fp32 copy on the
+    device. In fp32 on CUDA, fp32 means IEEE fp32: TF32 is turned off (core/precision.py).
+    """
+    from .core.precision import needs_ieee_fp32, use_ieee_fp32
+
+    model = load_model_dir(path)
+    if dtype != torch.float32:
+        model = model.to(dtype)
+    if needs_ieee_fp32(device, dtype):
+        use_ieee_fp32()
+    return model.to(device).eval()
 
 
 def save_model_dir(model, path: str | Path) -> Path:

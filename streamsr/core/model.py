@@ -73,15 +73,21 @@ class TransformerLayer(nn.Module):
         q, k, v = qkv.unflatten(-1, (3, self.cfg.heads, self.cfg.head_dim)).unbind(-3)  # (B, N, T, H, D)
         q = self.q_norm(q)  # (B, N, T, H, D)
         k = (self.q_norm if self.k_norm is None else self.k_norm)(k)  # (B, N, T, H, D)
+        v = v.contiguous()  # (B, N, T, H, D): a view would keep the whole qkv (3C) alive as long as v lives
+        del qkv  # q and k are new tensors after their norms, v a copy: the (B, N, T, 3C) projection goes
         return rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin), v
 
-    def attend(self, q: torch.Tensor, k_slots: torch.Tensor, v_slots: torch.Tensor, kernel) -> torch.Tensor:
-        """UniBA: each block's queries over its 4 key slots; block_pos added to K per slot. -> (B, N, T, C)."""
+    def slot_keys(self, k_slots: torch.Tensor) -> torch.Tensor:
+        """The gathered keys (B, N, 4, T, H, D) plus the per-slot block embedding block_pos."""
+        return k_slots + self.block_pos[:, None].to(k_slots.dtype)  # (B, N, 4, T, H, D)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v_slots: torch.Tensor, kernel) -> torch.Tensor:
+        """UniBA: each block's queries over its 4 key slots, k = slot_keys(gathered K). -> (B, N, T, C), before
+        the output projection (`proj`), so that the caller can free q and the slots first."""
         b, n, t = q.shape[:3]
-        k = k_slots + self.block_pos[:, None].to(k_slots.dtype)  # (B, N, 4, T, H, D)
         out = kernel(q.flatten(0, 1), k.flatten(0, 1).flatten(1, 2),
                      v_slots.flatten(0, 1).flatten(1, 2))  # (B*N, T, H, D): 4T keys per block
-        return self.proj(out.reshape(b, n, t, -1))  # (B, N, T, C)
+        return out.reshape(b, n, t, -1)  # (B, N, T, C)
 
     def mlp(self, h: torch.Tensor, m: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
         """h + MLP(modulate(m)); m is the normalised h (plain LN, or layer 0's post-cross LN)."""
@@ -232,7 +238,11 @@ class InfDiT(ModelMixin, ConfigMixin):
         mod = layer.adaln(ctx.cond)  # (B, 4C)
         q, k, v = layer.qkv_heads(h, mod, ctx.cos, ctx.sin)  # (B, N, T, H, D) each
         k_slots, v_slots = gather(index, k, v)  # (B, N, 4, T, H, D) each
-        h = h + layer.attend(q, k_slots, v_slots, ctx.kernel)  # (B, N, T, C)
+        k_slots = layer.slot_keys(k_slots)  # (B, N, 4, T, H, D); the gathered keys are freed here
+        out = layer.attend(q, k_slots, v_slots, ctx.kernel)  # (B, N, T, C)
+        del q, k_slots, v_slots  # not held through the projection, the cross-attention and the MLP
+        h = h + layer.proj(out)  # (B, N, T, C)
+        del out
         if index == 0:
             h = h + self.lr_cross(h, ctx.lr_tokens, ctx.kernel)  # (B, N, T, C)
             m = self.lr_cross.post_norm(h)  # (B, N, T, C)

@@ -3,8 +3,16 @@ the fastest plan that fits a budget (DESIGN.md section 3). No torch.
 
 Device bytes: weights + one batch's activations + the frontier (when it lives on the device) + staging
 buffers for the K/V a batch reads (current and prefetched next, when it lives elsewhere) + the batch's
-state I/O tensors. Host bytes: the runtime itself + the frontier (pinned host placement) + the store
-I/O buffers of one batch (+ the device terms when the device is the CPU). Disk: the spilled frontier.
+state I/O tensors + on CUDA the context (driver, cuBLAS/cuDNN handles and workspaces: a constant, since
+torch.cuda.max_memory_allocated does not see it). Host bytes: the runtime itself + the frontier (pinned
+host placement: one buffer of exactly the frontier's bytes, page-locked with cudaHostRegister, so torch's
+pinned allocator does not round it up to a power of two; stream/copies.py) + the store I/O buffers of one
+batch (+ the device terms when the device is the CPU). Disk: the spilled frontier.
+
+The plans are ranked by a modelled sweep time. Copies between the device and the host or the disk cost
+time in that model even when they overlap with compute (a share of them is exposed), so the frontier
+stays on the device whenever that fits: a host or disk plan is only chosen when the device plan with
+the same batch does not fit (tests/test_memory.py).
 """
 
 from __future__ import annotations
@@ -22,8 +30,16 @@ RUNTIME_HOST_BYTES = 840 << 20  # python + torch + diffusers + zarr: measured pe
 # interpreter shutdown included (tools/bench_memory.py: 836-838 MiB; 715 MiB until main() returns)
 ACTIVATION_MARGIN = 1.05  # allocator rounding and small temporaries the walk below does not name
 PCIE_BYTES_PER_S = 20e9  # host <-> device; overlapped with compute on CUDA
+EXPOSED_TRANSFER = 0.1  # share of the host frontier's copy time that compute does not hide (the first batch's
+# reads, waits at the batch boundary, copy traffic competing with the kernels for memory bandwidth)
 DISK_BYTES_PER_S = 1e9  # spilled frontier read/write, not overlapped
 BATCH_OVERHEAD_BLOCKS = 0.5  # per-batch fixed cost (launches, Python, store I/O) in units of one block's compute
+CUDA_CONTEXT_BYTES = 512 << 20  # CUDA context + cuBLAS/cuDNN handles and workspaces outside torch's allocator
+# (~500 MiB on an H100 with lazy module loading; tools/gpu_check.py measures it)
+CUDA_FLOPS = {2: 4e14, 4: 5e13}  # sustained model FLOP/s on CUDA by itemsize: bf16 at ~40% of an H100's dense
+# peak, IEEE fp32 (no TF32); only to rank plans, not a promise
+CPU_FLOPS = 5e10
+BOUNCE_BLOCKS = 2  # disk placement on CUDA: pinned bounce slots for the spill writes, in blocks (frontier.py)
 
 
 class BudgetError(ValueError):
@@ -70,9 +86,12 @@ def activation_bytes(cfg: ModelConfig, blocks: int, reads: int, itemsize: int,
     """Peak bytes of the tensors alive while one batch of `blocks` blocks goes through the network.
 
     Walks one pass of the network (model.InfDiT.layer via engine.denoise_batch): the residual h and the
-    LR tokens live throughout; the peak is in the
-    attention phase (qkv, q/k after norm and RoPE, the K/V pool with the frontier reads, the gathered
-    4-slot K/V, K plus the slot embedding, the output), or in the layer-0 cross-attention, or the MLP.
+    LR tokens live throughout; the peak is in the attention phase, or in the layer-0 cross-attention, or
+    the MLP. The layer frees what it no longer needs (the qkv projection once q, k, v are split off; the
+    gathered K once the slot embedding is added; q and the slots before the output projection), so the
+    attention phase peaks at the largest of: RoPE on q, k (qkv split, temporaries), the gather (q, k, v,
+    the K/V pool with the frontier reads, the 4-slot K/V), the slot embedding (q, k, v, 4-slot K and V,
+    K plus the embedding), the kernel (q, k, v, K+embedding and V slots, the output, its scores).
     """
     n, t, c, tw = blocks, cfg.block_tokens, cfg.hidden, cfg.lr_window_tokens
     ntc = n * t * c * itemsize
@@ -83,9 +102,8 @@ def activation_bytes(cfg: ModelConfig, blocks: int, reads: int, itemsize: int,
     rope = 4 * n * t * cfg.head_dim * F32
     resident = ntc + lr_tokens + rope + inputs + window
     pool = 2 * (n + reads) * t * c * itemsize
-    attention = ntc * (3 + 2 + 2 + 8 + 4 + 2) + pool  # qkv, q/k, rope temporaries, slots, k+pos, out/proj
-    if reference_attention:
-        attention += 2 * n * cfg.heads * t * 4 * t * F32  # explicit scores and softmax
+    scores = 2 * n * cfg.heads * t * 4 * t * F32 if reference_attention else 0  # explicit scores and softmax
+    attention = max(ntc * 8, ntc * (3 + 8) + pool, ntc * (3 + 8 + 4), ntc * (3 + 8 + 1) + scores)
     cross = ntc * 5 + n * tw * c * itemsize * 5  # query path; key_value (2), k_norm, k+pos, tokens copy
     mlp = ntc * 4 + 2 * n * t * cfg.mlp_hidden * itemsize
     conv = 2 * lr_tokens  # window conv output and its masked copy, before the rearrange
@@ -127,35 +145,55 @@ def predict(cfg: ModelConfig, itemsize: int, out_hw: tuple[int, int], batch: tup
     reads = reads_bound(BatchShape(bh, bw))
     slot = slot_bytes(cfg, itemsize)
     front = frontier_bound(Grid(rows, cols), BatchShape(bh, bw)) * slot
+    cuda = device_type == "cuda"
     parts = {
         "weights": weight_bytes(cfg, itemsize),
         "activations": activation_bytes(cfg, n, reads, itemsize, reference_attention),
         "frontier": front if placement == "device" else 0,
-        "staging": 0 if placement == "device" else 2 * reads * slot,  # this batch's reads + the prefetched next
+        "staging": staging_bytes(placement, device_type, reads, slot),
+        "cuda_context": CUDA_CONTEXT_BYTES if cuda else 0,
     }
     device = sum(parts.values())
     host_parts = {"runtime": RUNTIME_HOST_BYTES, "store_io": io_bytes(cfg, n),
                   "frontier_host": front if placement == "host" else 0,
-                  "spill_io": reads * slot if placement == "disk" and device_type != "cpu" else 0}
+                  "spill_io": (reads + BOUNCE_BLOCKS) * slot if placement == "disk" and device_type != "cpu" else 0}
     host = sum(host_parts.values()) + (device if device_type == "cpu" else parts["weights"])
     disk = front if placement == "disk" else 0
     blocks_total = rows * cols
     batches = -(-rows // bh) * -(-cols // bw)
     compute = blocks_total + batches * BATCH_OVERHEAD_BLOCKS  # unit: one block's compute
     moved = 2 * batches * reads * slot  # K/V brought in for every batch, and as much written out
-    if placement == "host" and device_type != "cpu":  # overlapped with compute on a side stream
-        cost = max(compute, moved / PCIE_BYTES_PER_S * blocks_per_second(cfg, device_type))
+    rate = blocks_per_second(cfg, device_type, itemsize)
+    if placement == "host" and device_type != "cpu":  # overlapped with compute on a side stream, mostly
+        transfer = moved / PCIE_BYTES_PER_S * rate
+        cost = max(compute, transfer) + EXPOSED_TRANSFER * transfer
     elif placement == "disk":
-        cost = compute + moved / DISK_BYTES_PER_S * blocks_per_second(cfg, device_type)
+        cost = compute + moved / DISK_BYTES_PER_S * rate
     else:
         cost = compute
     return Prediction((bh, bw), placement, device, host, disk, cost, {**parts, **host_parts})
 
 
-def blocks_per_second(cfg: ModelConfig, device_type: str) -> float:
+def staging_bytes(placement: str, device_type: str, reads: int, slot: int) -> int:
+    """Device copies of frontier entries: none for a device frontier; on CUDA the batch's reads, the next
+    batch's (prefetched) and the batch's own new entries kept for it (fewer than its reads), together at
+    most two batches' reads; on the CPU a host entry is read in place and a disk entry is loaded for the
+    batch that reads it."""
+    if placement == "device" or (placement == "host" and device_type == "cpu"):
+        return 0
+    return (2 if device_type != "cpu" else 1) * reads * slot
+
+
+def block_flops(cfg: ModelConfig) -> int:
+    """Multiply-adds x 2 of one block evaluation's attention layers (QKV, out and MLP projections at
+    mlp = 4 hidden, and the scores and values over 4 key slots): the ranking's unit of work."""
+    return 2 * cfg.layers * cfg.block_tokens * (12 * cfg.hidden ** 2 + 8 * cfg.block_tokens * cfg.hidden)
+
+
+def blocks_per_second(cfg: ModelConfig, device_type: str, itemsize: int = 4) -> float:
     """Rough block throughput, to express transfer time in block-compute units (ranking only)."""
-    flops = 2 * cfg.layers * cfg.block_tokens * (12 * cfg.hidden ** 2 + 8 * cfg.block_tokens * cfg.hidden)
-    return (2.5e13 if device_type == "cuda" else 5e10) / flops
+    flops = CUDA_FLOPS.get(itemsize, CUDA_FLOPS[4]) if device_type == "cuda" else CPU_FLOPS
+    return flops / block_flops(cfg)
 
 
 def candidate_batches(rows: int, cols: int, limit: int = 64) -> list[tuple[int, int]]:
