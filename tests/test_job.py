@@ -192,10 +192,12 @@ def test_second_process_is_refused_while_the_job_runs(work, tmp_path, capsys):
 def test_status_reports_progress_and_settings(work, tmp_path, capsys):
     job = tmp_path / "job"
     run_sub("upscale", work / "in.png", "-o", tmp_path / "o.png", "--model", work / "model", "--steps", 2,
-            "--batch", "1x1", "--job", job, "-q", STREAMSR_TEST_KILL="10:before-commit")
+            "--batch", "1x1", "--job", job, "-q", STREAMSR_TEST_KILL="30:before-commit")
+    cursor = read_manifest(job).cursor  # commits cover several tasks: the last one before task 30's
+    assert 0 < cursor <= 30
     assert run_cli("status", job) == 0
     text = capsys.readouterr().out
-    assert "task 10/" in text and "steps 2 heun" in text and "ETA" in text and "108x80" in text
+    assert f"task {cursor}/" in text and "steps 2 heun" in text and "ETA" in text and "108x80" in text
 
 
 def one_line_error(capsys) -> str:

@@ -17,6 +17,7 @@ from streamsr.core.denoiser import embedding
 from streamsr.core.grid import image_to_blocks
 from streamsr.core.model import InfDiT
 from streamsr.stream import memory
+from streamsr.core.conditioning import lr_windows
 from streamsr.stream.engine import denoise_batch
 from streamsr.stream.frontier import Frontier
 from streamsr.stream.planner import BatchShape, Grid, batch_box, frontier_bound, frontier_plan
@@ -41,7 +42,8 @@ def measured_sweep_bytes(model, x, lr, vector, batch, placement, spill=None) -> 
         for batch_plan in plan.batch_plans():
             y0, y1, x0, x1 = batch_box(batch_plan.batch, cfg.block_size)
             denoise_batch(model, image_to_blocks(x[..., y0:y1, x0:x1], cfg.block_size),
-                          image_to_blocks(up[..., y0:y1, x0:x1], cfg.block_size), sigma=sigma, emb=emb, lr=lr,
+                          image_to_blocks(up[..., y0:y1, x0:x1], cfg.block_size), sigma=sigma, emb=emb,
+                          windows=lr_windows(lr, batch_plan.batch.blocks(), cfg).to(x.device),
                           plan=batch_plan, frontier=frontier, kernel=get_kernel("sdpa"))
     return tb.peak - base, frontier
 

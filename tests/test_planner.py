@@ -13,6 +13,7 @@ from streamsr.stream.planner import (
     external_reads,
     frontier_bound,
     frontier_plan,
+    job_tasks,
     neighbors,
     raster_batches,
 )
@@ -105,3 +106,15 @@ def test_batch_plan_pool_slots_and_next_reads(rows, cols):
             assert [tuple(pool[j] for j in s) for s in plan.slots] == [neighbors(r, c) for r, c in plan.batch.blocks()]
             assert (plan.keep, plan.drop) == (sweep.keep(plan.batch), sweep.drop(plan.batch))
             assert plan.next_reads == (plans[i + 1].reads if i + 1 < len(plans) else ())
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 1), (3, 5), (4, 4), (7, 2)])
+@pytest.mark.parametrize("shape", [BatchShape(1, 1), BatchShape(2, 3), BatchShape(4, 4)])
+def test_model_blocks_before_counts_the_model_tasks(rows, cols, shape):
+    tasks = job_tasks(Grid(rows, cols), shape, 2, "heun", "global")
+    counted = 0
+    for cursor in range(len(tasks) + 1):
+        assert tasks.model_blocks_before(cursor) == counted
+        if cursor < len(tasks) and tasks[cursor].is_model:
+            counted += len(tasks[cursor].batch.blocks())
+    assert counted == tasks.model_blocks()

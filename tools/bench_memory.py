@@ -183,6 +183,7 @@ def sweep_child(spec_path: Path) -> int:
     torch.set_num_threads(spec["threads"])
     from streamsr import api
     from streamsr.core.attention import get_kernel
+    from streamsr.core.conditioning import lr_windows
     from streamsr.core.denoiser import embedding
     from streamsr.core.grid import image_to_blocks
     from streamsr.stream.engine import denoise_batch
@@ -219,7 +220,8 @@ def sweep_child(spec_path: Path) -> int:
         for batch_plan in plan.batch_plans():  # denoise_batch stages the next batch's K/V, as in a job
             y0, y1, x0, x1 = batch_box(batch_plan.batch, cfg.block_size)
             denoise_batch(model, image_to_blocks(x[..., y0:y1, x0:x1], cfg.block_size),
-                          image_to_blocks(up[..., y0:y1, x0:x1], cfg.block_size), sigma=sigma, emb=emb, lr=lr,
+                          image_to_blocks(up[..., y0:y1, x0:x1], cfg.block_size), sigma=sigma, emb=emb,
+                          windows=lr_windows(lr, batch_plan.batch.blocks(), cfg).to(device),
                           plan=batch_plan, frontier=frontier, kernel=kernel)
     if cuda:
         torch.cuda.synchronize(device)

@@ -4,14 +4,31 @@ A block's window is its own LR footprint plus one footprint on every side (3x3 b
 with a token mask saying which LR tokens lie inside the image: the official model zero-pads the LR
 *token* map (after proj_lr), so outside tokens must be exactly zero, not proj_lr of zero pixels.
 Only the window is read from `lr`, which may be any array sliceable as lr[..., y0:y1, x0:x1].
+
+`LRRegion.around(lr, box, cfg)` reads, once, everything a batch of blocks needs from the LR image: the
+windows of its blocks and the halo of its upsampled LR (core/resample.upsample_region); both then slice
+the region with the whole image's coordinates.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
-from ..config import ModelConfig
+from ..config import SR_SCALE, ModelConfig
+from .resample import input_range
+
+
+class LRWindows(NamedTuple):
+    """The layer-0 cross-attention input of N blocks: pixels (B, N, 3, 3L, 3L), inside (N, 3L/lp, 3L/lp)."""
+
+    pixels: torch.Tensor
+    inside: torch.Tensor
+
+    def to(self, device: torch.device) -> "LRWindows":
+        return LRWindows(self.pixels.to(device), self.inside.to(device))
 
 
 def lr_window(lr, block: tuple[int, int], cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,30 +48,47 @@ def lr_window(lr, block: tuple[int, int], cfg: ModelConfig) -> tuple[torch.Tenso
     return pixels, inside
 
 
-class _Region:
-    """A region of an LR array read once, sliced with the whole array's coordinates."""
+class LRRegion:
+    """A region of an LR array read once (a tensor), sliced with the whole array's coordinates
+    (`region[..., ys, xs]` with slices inside the region) and with the whole array's `shape`."""
 
     def __init__(self, lr, y0: int, y1: int, x0: int, x1: int):
-        self.shape = lr.shape
-        self.y0, self.x0 = y0, x0
+        self.shape = tuple(lr.shape)
+        self.y0, self.y1, self.x0, self.x1 = y0, y1, x0, x1
         data = lr[..., y0:y1, x0:x1]
         self.data = data if isinstance(data, torch.Tensor) else torch.as_tensor(np.asarray(data))
 
+    @classmethod
+    def around(cls, lr, box: tuple[int, int, int, int], cfg: ModelConfig) -> "LRRegion":
+        """What the blocks of the HR box (y0, y1, x0, x1) need from `lr`: the union of their windows
+        (one LR block around the box's footprint) and of their upsampled LR's halo, inside the image."""
+        h, w = int(lr.shape[-2]), int(lr.shape[-1])
+        size, scale = cfg.lr_block_size, SR_SCALE
+        y0, y1, x0, x1 = box
+        uy0, uy1 = input_range(h, h * scale, y0, y1)
+        ux0, ux1 = input_range(w, w * scale, x0, x1)
+        return cls(lr, max(min(y0 // scale - size, uy0), 0), min(max(y1 // scale + size, uy1), h),
+                   max(min(x0 // scale - size, ux0), 0), min(max(x1 // scale + size, ux1), w))
+
     def __getitem__(self, key):
-        _, ys, xs = key  # (..., rows, cols) as lr_window slices
+        _, ys, xs = key  # (..., rows, cols) as lr_window and upsample_region slice
+        if not (self.y0 <= ys.start <= ys.stop <= self.y1 and self.x0 <= xs.start <= xs.stop <= self.x1):
+            raise IndexError(f"rows {ys.start}:{ys.stop}, cols {xs.start}:{xs.stop} are outside the region "
+                             f"{self.y0}:{self.y1}, {self.x0}:{self.x1} that was read")
         return self.data[..., ys.start - self.y0:ys.stop - self.y0, xs.start - self.x0:xs.stop - self.x0]
 
 
-def lr_windows(lr, blocks: list[tuple[int, int]], cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def lr_windows(lr, blocks: list[tuple[int, int]], cfg: ModelConfig) -> LRWindows:
     """Windows of N blocks: pixels (B, N, 3, 3L, 3L), inside (N, 3L/lp, 3L/lp).
 
-    The union of the windows is read from `lr` once (one store read per batch, not one per block).
+    The union of the windows is read from `lr` once (one store read per batch, not one per block);
+    `lr` may be an LRRegion that holds them.
     """
     size = cfg.lr_block_size
     h, w = lr.shape[-2:]
     rows = [r for r, _ in blocks]
     cols = [c for _, c in blocks]
-    region = _Region(lr, max((min(rows) - 1) * size, 0), min((max(rows) + 2) * size, h),
+    region = LRRegion(lr, max((min(rows) - 1) * size, 0), min((max(rows) + 2) * size, h),
                      max((min(cols) - 1) * size, 0), min((max(cols) + 2) * size, w))
     pairs = [lr_window(region, blk, cfg) for blk in blocks]
-    return torch.stack([p for p, _ in pairs], dim=1), torch.stack([m for _, m in pairs])
+    return LRWindows(torch.stack([p for p, _ in pairs], dim=1), torch.stack([m for _, m in pairs]))

@@ -8,13 +8,14 @@ result equals `F.interpolate(lr, size=(h*s, w*s), mode="bicubic", align_corners=
 antialias=True).clamp(-1, 1)` restricted to the box.
 
 - `axis_weights`: the input range and weight matrix of one axis for an output range.
+- `input_range`: the input range (the halo) that an output range reads.
 - `upsample_region`: one output box (y0, y1, x0, x1) of the upsampled image.
 - `upsample_full`: the whole upsampled image (upsample_region over everything).
 """
 
 from __future__ import annotations
 
-import math
+import functools
 
 import numpy as np
 import torch
@@ -35,8 +36,18 @@ def axis_weights(in_size: int, out_size: int, out_start: int, out_stop: int) -> 
 
     Returns (in_start, in_stop, W), W float64 of shape (out_stop - out_start, in_stop - in_start), such
     that `out[out_start:out_stop] = W @ inp[in_start:in_stop]` along this axis; [in_start, in_stop) is
-    the minimal input range with a nonzero weight (the halo).
+    the minimal input range with a nonzero weight (the halo). W is a fresh tensor (callers may change it);
+    the computation is cached (`_axis_weights`): it depends only on the four sizes.
     """
+    lo, hi, W = _axis_weights(in_size, out_size, out_start, out_stop)
+    return lo, hi, W.clone()
+
+
+@functools.lru_cache(maxsize=1024)
+def _axis_weights(in_size: int, out_size: int, out_start: int, out_stop: int) -> tuple[int, int, torch.Tensor]:
+    """axis_weights, vectorised over the outputs (torch's `_compute_weights_aa` per output row i):
+    center = scale (i + 0.5), taps x in [xmin, xmax), w = cubic((x - center + 0.5) / max(scale, 1)),
+    normalised to sum 1. Cached: do not change the returned tensor."""
     if in_size <= 0 or out_size <= 0:
         raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}")
     if not 0 <= out_start < out_stop <= out_size:
@@ -44,22 +55,36 @@ def axis_weights(in_size: int, out_size: int, out_start: int, out_stop: int) -> 
     scale = in_size / out_size
     support = 2.0 * max(scale, 1.0)  # bicubic interp_size 4, times 0.5, widened when downscaling
     invscale = 1.0 / scale if scale >= 1.0 else 1.0
-    rows, lo, hi = [], in_size, 0
-    for i in range(out_start, out_stop):
-        center = scale * (i + 0.5)
-        xmin = max(math.trunc(center - support + 0.5), 0)  # C-style truncation, as in torch
-        xmax = min(math.trunc(center + support + 0.5), in_size)
-        w = _cubic((torch.arange(xmin, xmax, dtype=torch.float64) - center + 0.5) * invscale)  # (xmax-xmin,)
-        w = w / w.sum()
-        nz = w.nonzero().flatten()  # (k,) indices with a nonzero weight
-        first, last = xmin + int(nz[0]), xmin + int(nz[-1]) + 1
-        rows.append((xmin, w))
-        lo, hi = min(lo, first), max(hi, last)
+    center = scale * (torch.arange(out_start, out_stop, dtype=torch.float64) + 0.5)  # (n_out,)
+    xmin = torch.trunc(center - support + 0.5).clamp(min=0)  # (n_out,) C-style truncation, as in torch
+    xmax = torch.trunc(center + support + 0.5).clamp(max=in_size)  # (n_out,)
+    taps = int((xmax - xmin).max())
+    x = xmin[:, None] + torch.arange(taps, dtype=torch.float64)  # (n_out, taps) input positions
+    valid = x < xmax[:, None]  # (n_out, taps)
+    w = torch.where(valid, _cubic((x - center[:, None] + 0.5) * invscale), 0.0)  # (n_out, taps)
+    w = w / w.sum(dim=1, keepdim=True)  # (n_out, taps)
+    nonzero = w != 0  # (n_out, taps)
+    lo = int(x[nonzero].min())
+    hi = int(x[nonzero].max()) + 1
     W = torch.zeros(out_stop - out_start, hi - lo, dtype=torch.float64)  # (n_out, n_in)
-    for r, (xmin, w) in enumerate(rows):
-        a, b = max(xmin, lo), min(xmin + w.numel(), hi)  # drop only zero weights outside [lo, hi)
-        W[r, a - lo:b - lo] = w[a - xmin:b - xmin]
+    keep = valid & (x >= lo) & (x < hi)  # (n_out, taps) drop only zero weights outside [lo, hi)
+    rows = torch.arange(out_stop - out_start)[:, None].expand_as(x)  # (n_out, taps)
+    W[rows[keep], (x[keep] - lo).long()] = w[keep]
     return lo, hi, W
+
+
+def input_range(in_size: int, out_size: int, out_start: int, out_stop: int) -> tuple[int, int]:
+    """The input range [in_start, in_stop) that outputs [out_start, out_stop) of the resize read."""
+    lo, hi, _ = _axis_weights(in_size, out_size, out_start, out_stop)
+    return lo, hi
+
+
+@functools.lru_cache(maxsize=256)
+def _weights_on(in_size: int, out_size: int, out_start: int, out_stop: int,
+                device: torch.device) -> tuple[int, int, torch.Tensor]:
+    """_axis_weights on `device` (the upsampler's cache per compute device). Do not change the tensor."""
+    lo, hi, W = _axis_weights(in_size, out_size, out_start, out_stop)
+    return lo, hi, W.to(device)
 
 
 def upsample_region(lr, box: tuple[int, int, int, int], scale: int = 4, clamp: bool = True) -> torch.Tensor:
@@ -77,15 +102,17 @@ def upsample_region(lr, box: tuple[int, int, int, int], scale: int = 4, clamp: b
     y0, y1, x0, x1 = (int(v) for v in box)
     if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
         raise ValueError(f"box (y0, y1, x0, x1)={tuple(box)} is empty or outside the {H}x{W} output image")
-    iy0, iy1, wy = axis_weights(h, H, y0, y1)  # wy: (y1-y0, iy1-iy0)
-    ix0, ix1, wx = axis_weights(w, W, x0, x1)  # wx: (x1-x0, ix1-ix0)
+    iy0, iy1, _ = _axis_weights(h, H, y0, y1)
+    ix0, ix1, _ = _axis_weights(w, W, x0, x1)
     patch = lr[..., iy0:iy1, ix0:ix1]  # (B, C, iy1-iy0, ix1-ix0), the halo only
     if isinstance(patch, torch.Tensor):
         dtype = patch.dtype if patch.is_floating_point() else torch.float32
     else:
         patch, dtype = torch.from_numpy(np.asarray(patch)), torch.float32
     x = patch.to(torch.float64)  # (B, C, iy1-iy0, ix1-ix0)
-    out = wy.to(x.device) @ x @ wx.to(x.device).T  # (B, C, y1-y0, x1-x0)
+    wy = _weights_on(h, H, y0, y1, x.device)[2]  # (y1-y0, iy1-iy0)
+    wx = _weights_on(w, W, x0, x1, x.device)[2]  # (x1-x0, ix1-ix0)
+    out = wy @ x @ wx.T  # (B, C, y1-y0, x1-x0)
     if clamp:
         out = out.clamp(-1.0, 1.0)
     return out.to(dtype)

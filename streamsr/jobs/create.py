@@ -60,25 +60,39 @@ def _reflect_cols(band: np.ndarray, width: int) -> np.ndarray:
 
 
 def ingest(store: JobStore, source: LRInput) -> None:
-    """Write the LR (and alpha) into the store by bands, padded right and bottom by reflection."""
+    """Write the LR (and alpha) into the store by bands, padded right and bottom by reflection. Each band
+    is written in one call and the last one with its bottom padding, so every write covers whole rows of
+    the arrays' shards (store.LR_SHARD_BLOCKS): no shard is rewritten."""
     geo = store.geometry
     lh, lw = geo.lr_padded
     lr, alpha = store.array("lr"), (store.array("alpha") if "A" in source.info.mode else None)
-    rows_seen = 0
-    for y0, band in source.bands(geo.lr_block * BAND_BLOCKS):
-        band = _reflect_cols(np.asarray(band, dtype=np.float32), lw)  # (rows, lw, C)
+    height = source.info.height
+    keep = geo.lr_block + 1  # rows of the previous band that the bottom padding may reflect
+    pending: tuple[int, np.ndarray] | None = None  # (y0, band (rows, lw, C)) not yet written
+    tail = np.zeros((0, lw, 0), dtype=np.float32)  # the last rows written, for the padding
+
+    def write(y0: int, band: np.ndarray) -> None:
         color = band[..., :1].repeat(3, axis=-1) if source.info.mode in ("L", "LA") else band[..., :3]  # (rows, lw, 3)
         lr[0, :, y0:y0 + band.shape[0], :] = (color * 2 - 1).transpose(2, 0, 1)
         if alpha is not None:
             alpha[0, 0, y0:y0 + band.shape[0], :] = band[..., -1]
+
+    rows_seen = 0
+    for y0, band in source.bands(geo.lr_block * BAND_BLOCKS):
+        band = _reflect_cols(np.asarray(band, dtype=np.float32), lw)  # (rows, lw, C)
+        if pending is not None:
+            write(*pending)
+            tail = pending[1][-keep:]
+        pending = (y0, band)
         rows_seen = y0 + band.shape[0]
-    if rows_seen != source.info.height:
-        raise BadInput(f"{source.info.path}: expected {source.info.height} rows, read {rows_seen}")
-    for y in range(source.info.height, lh):  # bottom padding, row by row from the stored rows
-        src = reflect_index(y, source.info.height)
-        lr[0, :, y, :] = lr[0, :, src, :]
-        if alpha is not None:
-            alpha[0, 0, y, :] = alpha[0, 0, src, :]
+    if rows_seen != height or pending is None:
+        raise BadInput(f"{source.info.path}: expected {height} rows, read {rows_seen}")
+    y0, band = pending
+    if lh > height:  # bottom padding by reflection, from the last band and the rows kept before it
+        rows = np.concatenate([tail, band]) if tail.shape[-1] else band  # (n, lw, C) ending at row height - 1
+        first = height - rows.shape[0]
+        band = np.concatenate([band, rows[[reflect_index(y, height) - first for y in range(height, lh)]]])
+    write(y0, band)
 
 
 def default_model_dir() -> Path:

@@ -5,24 +5,49 @@ the same bytes: a crash between a task's writes and the cursor commit just re-ru
 of a denoiser sweep lives in memory only; on resume in the middle of a sweep it is rebuilt by replaying
 the sweep's earlier batches from their intact inputs, without writing (`SweepExecutor.replay`).
 The tasks after the sampler (stats, anchor, export) are finalize.py's.
+
+A task runs in three parts, so that the pipeline (pipeline.py) can overlap them: `inputs` reads what the
+task needs (the arrays it reads, and the batch's LR read once: upsampled LR and LR windows) on the I/O
+thread; `compute` runs the model and the sampler step on the compute device; the `BlockWrite`s it returns
+go to the store's writer (shards.py) on the I/O thread.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..core.attention import get_kernel
+from ..core.conditioning import LRRegion, LRWindows, lr_windows
 from ..core.denoiser import embedding
 from ..core.grid import Grid, blocks_to_image, image_to_blocks
 from ..core.model import InfDiT
 from ..core.noise import block_noise
+from ..core.resample import upsample_region
 from ..core.sampler import euler_step, heun_correct, lr_noise_init, to_d
 from ..stream.engine import denoise_batch
 from ..stream.frontier import Frontier
 from ..stream.planner import Sweep, Task, TaskKind, batch_box, frontier_bound, frontier_plan
-from .blockio import BlockIO, Box
+from .blockio import BlockWrite, Box
 from .progress import Timers
+from .shards import CachedArray, ShardReader
 from .store import JobStore, state_array
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """What a model task reads, on the host: each (1, 3, h, w) float32 over the task's box.
+
+    up: the upsampled LR; windows: the LR windows of the batch's blocks (None for init); x: the denoiser's
+    input (x_i for predict, the Euler prediction for correct); state, deriv: x_i and d_i (correct only).
+    """
+
+    up: torch.Tensor
+    windows: LRWindows | None = None
+    x: torch.Tensor | None = None
+    state: torch.Tensor | None = None
+    deriv: torch.Tensor | None = None
 
 
 class SweepExecutor:
@@ -31,12 +56,12 @@ class SweepExecutor:
     def __init__(self, store: JobStore, model: InfDiT, *, vector: torch.Tensor | None, device: torch.device,
                  timers: Timers):
         m = store.manifest
+        self.store = store
         self.job = m.job
         self.model = model
         self.vector = vector  # (1, V) or None
         self.device = device
         self.timers = timers
-        self.io = BlockIO(store, device=device, timers=timers)
         self.spill = store.dir.frontier
         self.kernel = get_kernel(self.job.backend)
         self.sigmas = m.sigmas
@@ -48,36 +73,52 @@ class SweepExecutor:
         self._frontier: Frontier | None = None
         self._emb: torch.Tensor | None = None  # (1, C) time + vector embedding of the current sweep
 
+    # ---- reads (any thread: they touch the store only) -------------------------------------------
+    def inputs(self, task: Task, reader: ShardReader, timers: Timers) -> TaskInputs:
+        """Read what `task` needs through `reader`: its arrays, and the batch's LR once (upsampled LR
+        and LR windows)."""
+        box = batch_box(task.batch, self.bs)
+        y0, y1, x0, x1 = box
+
+        def read(name: str) -> torch.Tensor:
+            return torch.from_numpy(reader.region(name, y0, y1, x0, x1))  # (1, 3, h, w)
+
+        with timers("lr"):
+            region = LRRegion.around(CachedArray(reader, "lr"), box, self.model.cfg)  # one read of the LR halo
+            up = upsample_region(region, box)  # (1, 3, h, w)
+            windows = None if task.kind is TaskKind.INIT else lr_windows(region, task.batch.blocks(), self.model.cfg)
+        with timers("read"):
+            if task.kind is TaskKind.INIT:
+                return TaskInputs(up)
+            if task.kind is TaskKind.PREDICT:
+                return TaskInputs(up, windows, x=read(state_array(task.step)))
+            if task.kind is TaskKind.CORRECT:
+                return TaskInputs(up, windows, x=read("pred"), state=read(state_array(task.step)), deriv=read("deriv"))
+        raise ValueError(f"{task.kind} is not a model task")
+
     # ---- the two ways to run a task -------------------------------------------------------------
-    def run(self, task: Task) -> None:
-        """Run an init, predict or correct task: compute its batch and write the result."""
+    def compute(self, task: Task, inputs: TaskInputs) -> list[BlockWrite]:
+        """Run an init, predict or correct task on its inputs; returns the writes that complete it."""
         box = batch_box(task.batch, self.bs)
         if task.kind is TaskKind.INIT:
-            self._init(task, box)
-        elif task.kind is TaskKind.PREDICT:
-            self._predict(task, box)
-        elif task.kind is TaskKind.CORRECT:
-            self._correct(task, box)
-        else:
-            raise ValueError(f"{task.kind} is not a model task")
+            return self._init(task, box, inputs)
+        if task.kind is TaskKind.PREDICT:
+            return self._predict(task, box, inputs)
+        if task.kind is TaskKind.CORRECT:
+            return self._correct(task, box, inputs)
+        raise ValueError(f"{task.kind} is not a model task")
 
-    def replay(self, task: Task) -> None:
+    def replay(self, task: Task, inputs: TaskInputs) -> None:
         """Recompute the denoiser on a batch that the current sweep already committed, so that its K/V
         enter the frontier again (resume inside a sweep); writes nothing."""
         if not task.is_model:
             raise ValueError(f"only denoiser tasks are replayed, not {task.kind}")
-        box = batch_box(task.batch, self.bs)
-        name, sigma = self._model_input(task)
-        self._denoise(task, self.io.read(name, box), box, sigma)
+        self._denoise(task, inputs, self._sigma(task))
 
     # ---- the sweep and its frontier -------------------------------------------------------------
-    def _model_input(self, task: Task) -> tuple[str, float]:
-        """The array the denoiser reads and its sigma: x_i at sigma_i (predict), the Euler prediction at
-        sigma_{i+1} (correct)."""
-        i = task.step
-        if task.kind is TaskKind.PREDICT:
-            return state_array(i), self.sigmas[i]
-        return "pred", self.sigmas[i + 1]
+    def _sigma(self, task: Task) -> float:
+        """The denoiser's sigma: sigma_i (predict), sigma_{i+1} for the Euler prediction (correct)."""
+        return self.sigmas[task.step] if task.kind is TaskKind.PREDICT else self.sigmas[task.step + 1]
 
     def _start_sweep(self, task: Task, sigma: float) -> None:
         if self._sweep == task.sweep:
@@ -94,54 +135,50 @@ class SweepExecutor:
         with torch.no_grad():
             self._emb = embedding(self.model, sig, self.vector)  # (1, C)
 
-    def _denoise(self, task: Task, x: torch.Tensor, box: Box, sigma: float) -> torch.Tensor:
-        """D(x; sigma) of the batch's blocks, x (1, 3, h, w): (1, 3, h, w) float32."""
+    def _denoise(self, task: Task, inputs: TaskInputs, sigma: float) -> torch.Tensor:
+        """D(x; sigma) of the batch's blocks: (1, 3, h, w) float32 on the device."""
         self._start_sweep(task, sigma)
-        up = self.io.up(box)  # (1, 3, h, w)
         batch = task.batch
         with self.timers("model"), torch.no_grad():
+            x = inputs.x.to(self.device)  # (1, 3, h, w)
+            up = inputs.up.to(self.device)  # (1, 3, h, w)
             d = denoise_batch(self.model, image_to_blocks(x, self.bs), image_to_blocks(up, self.bs),
-                              sigma=torch.tensor([sigma], device=self.device), emb=self._emb, lr=self.io.lr,
-                              plan=self.plan.batch_plan(batch), frontier=self._frontier,
-                              kernel=self.kernel)  # (1, N, 3, bs, bs); stages the next batch's K/V
+                              sigma=torch.tensor([sigma], device=self.device), emb=self._emb,
+                              windows=inputs.windows.to(self.device), plan=self.plan.batch_plan(batch),
+                              frontier=self._frontier, kernel=self.kernel)  # (1, N, 3, bs, bs)
             if self.device.type == "cuda":  # the compute stream only: prefetch copies keep running
                 torch.cuda.current_stream(self.device).synchronize()
         self.timers.model_blocks += batch.rows * batch.cols
         return blocks_to_image(d, Grid(batch.rows, batch.cols))  # (1, 3, h, w)
 
     # ---- the task kinds -------------------------------------------------------------------------
-    def _init(self, task: Task, box: Box) -> None:
+    def _init(self, task: Task, box: Box, inputs: TaskInputs) -> list[BlockWrite]:
         """x_T = up(LR) + sigma_max * eps, eps drawn per block from (seed, block); x_T = up(LR) when the
         job's noise_init is off."""
-        up = self.io.up(box)  # (1, 3, h, w)
         if not self.job.noise_init:
-            self.io.write(state_array(0), box, up, task=task.index)
-            return
+            return [BlockWrite(state_array(0), box, inputs.up)]
         batch = task.batch
         eps = torch.stack([block_noise(self.job.seed, blk, (1, 3, self.bs, self.bs))
-                           for blk in batch.blocks()], dim=1).to(self.device)  # (1, N, 3, bs, bs)
-        x = lr_noise_init(up, blocks_to_image(eps, Grid(batch.rows, batch.cols)), self.sigmas[0])  # (1, 3, h, w)
-        self.io.write(state_array(0), box, x, task=task.index)
+                           for blk in batch.blocks()], dim=1)  # (1, N, 3, bs, bs)
+        x = lr_noise_init(inputs.up, blocks_to_image(eps, Grid(batch.rows, batch.cols)), self.sigmas[0])  # (1, 3, h, w)
+        return [BlockWrite(state_array(0), box, x)]
 
-    def _predict(self, task: Task, box: Box) -> None:
+    def _predict(self, task: Task, box: Box, inputs: TaskInputs) -> list[BlockWrite]:
         """Euler step from x_i; with Heun (EDM algorithm 2) a correct sweep follows unless sigma_{i+1} = 0."""
         i = task.step
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
-        x = self.io.read(state_array(i), box)  # (1, 3, h, w)
-        d = to_d(x, self._denoise(task, x, box, sigma), sigma)  # (1, 3, h, w)
+        x = inputs.x.to(self.device)  # (1, 3, h, w)
+        d = to_d(x, self._denoise(task, inputs, sigma), sigma)  # (1, 3, h, w)
         x_next = euler_step(x, d, sigma, sigma_next)  # (1, 3, h, w)
         if self.job.sampler == "heun" and sigma_next > 0:
-            self.io.write("pred", box, x_next, task=task.index)
-            self.io.write("deriv", box, d, task=task.index)
-        else:
-            self.io.write(state_array(i + 1), box, x_next, task=task.index)
+            return [BlockWrite("pred", box, x_next), BlockWrite("deriv", box, d)]
+        return [BlockWrite(state_array(i + 1), box, x_next)]
 
-    def _correct(self, task: Task, box: Box) -> None:
+    def _correct(self, task: Task, box: Box, inputs: TaskInputs) -> list[BlockWrite]:
         """Heun's correction of the Euler prediction: x_{i+1} = x_i + (s' - s) (d + d') / 2."""
         i = task.step
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
-        pred = self.io.read("pred", box)  # (1, 3, h, w)
-        d_next = to_d(pred, self._denoise(task, pred, box, sigma_next), sigma_next)  # (1, 3, h, w)
-        x = self.io.read(state_array(i), box)  # (1, 3, h, w)
-        d = self.io.read("deriv", box)  # (1, 3, h, w)
-        self.io.write(state_array(i + 1), box, heun_correct(x, d, d_next, sigma, sigma_next), task=task.index)
+        pred = inputs.x.to(self.device)  # (1, 3, h, w)
+        d_next = to_d(pred, self._denoise(task, inputs, sigma_next), sigma_next)  # (1, 3, h, w)
+        x, d = inputs.state.to(self.device), inputs.deriv.to(self.device)  # (1, 3, h, w) each
+        return [BlockWrite(state_array(i + 1), box, heun_correct(x, d, d_next, sigma, sigma_next))]

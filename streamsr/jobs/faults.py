@@ -1,7 +1,10 @@
 """Fault injection for the crash tests: STREAMSR_TEST_KILL="TASK:POINT" SIGKILLs the process there.
 
-POINT is one of: mid-write (after the task's first array write), before-commit (after all writes,
-before the cursor commit), mid-commit (manifest temp file written, not yet renamed). Unset in normal use.
+POINT is one of: mid-write (the I/O thread took the task's first write, which may still be buffered),
+queued (the compute thread queued the task's writes), before-commit (the task's writes are on disk, the
+commit that covers the task is about to be written), mid-commit (that commit's manifest temp file is
+written, not yet renamed). Commits cover several tasks (pipeline.CommitPolicy): the last two fire at the
+commit whose cursor passes the task. Unset in normal use.
 """
 
 from __future__ import annotations
@@ -16,3 +19,12 @@ def kill_point(task_index: int, point: str) -> None:
     spec = os.environ.get(_ENV)
     if spec and spec == f"{task_index}:{point}":
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_point_in(tasks: range, point: str) -> None:
+    """kill_point for a commit that covers `tasks`."""
+    spec = os.environ.get(_ENV)
+    if spec and spec.endswith(f":{point}"):
+        task = spec.split(":", 1)[0]
+        if task.isdigit() and int(task) in tasks:
+            os.kill(os.getpid(), signal.SIGKILL)

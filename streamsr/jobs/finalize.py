@@ -17,7 +17,7 @@ from ..core.resample import upsample_region
 from ..io.depth import to_uint
 from ..io.export import export_array
 from ..stream.planner import Batch, batch_box
-from .blockio import BlockIO, Box
+from .blockio import BlockIO, BlockWrite, Box
 from .manifest import AnchorMoments
 from .progress import Timers
 from .store import CroppedView, JobStore, state_array
@@ -61,8 +61,8 @@ class Finalizer:
                              ref=anchoring.merge(moments.ref, anchoring.block_moments(up)))
 
     # ---- anchor ---------------------------------------------------------------------------------
-    def anchor(self, batch: Batch, moments: AnchorMoments, *, task: int) -> None:
-        """Anchoring, then RGB -> output channels and quantisation into the output array."""
+    def anchor(self, batch: Batch, moments: AnchorMoments) -> list[BlockWrite]:
+        """Anchoring, then RGB -> output channels and quantisation: the output array's write."""
         box = batch_box(batch, self.geo.block_size)
         y = (self._anchored(box, moments).clamp(-1, 1) + 1) / 2  # (1, 3, h, w) in [0, 1]
         rgb = y[0].permute(1, 2, 0).cpu().numpy()  # (h, w, 3)
@@ -71,7 +71,7 @@ class Finalizer:
         if "A" in mode:
             planes.append(self._alpha(box))  # (h, w, 1)
         pixels = to_uint(np.concatenate(planes, axis=-1), self.input.bit_depth)  # (h, w, C)
-        self.io.write_output(box, pixels, task=task)
+        return [BlockWrite("output", box, pixels)]
 
     def _anchored(self, box: Box, moments: AnchorMoments) -> torch.Tensor:
         """The final state of the box with the job's anchoring applied: (1, 3, h, w)."""

@@ -7,35 +7,36 @@ tasks, committing the cursor after each task's writes. The task list is built on
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import SR_SCALE
 from ..errors import BadInput, StreamsrError
-from ..stream.planner import Task, TaskKind, TaskList
+from ..stream.planner import TaskList
 from ..weights import model_hash
 from .create import now_iso
-from .faults import kill_point
-from .manifest import AnchorMoments, JobStatus, Manifest
-from .progress import ProgressBar, Timers, eta_seconds, task_label
+from .manifest import JobStatus, Manifest
+from .pipeline import RunClock, TaskPipeline
+from .progress import ProgressBar, Timers, eta_seconds
 from .store import JobDir, JobError, JobStore, job_lock, read_manifest
 
-if TYPE_CHECKING:
-    from .executor import SweepExecutor
-    from .finalize import Finalizer
 
 
 class Interrupted(StreamsrError):
     """Ctrl-C or SIGTERM: the job stopped cleanly at a task boundary."""
 
     exit_code = 130
+
+
+class OutOfMemory(StreamsrError):
+    """The compute device ran out of memory; the job stays resumable."""
+
+    exit_code = 1
 
 
 class StopFlag:
@@ -60,54 +61,14 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def release_free_memory() -> None:
-    """Give freed heap memory back to the OS (glibc keeps it otherwise, and RSS creeps up with the
-    image width, tools/bench_memory.py); a no-op where malloc_trim does not exist."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM = None
-
-
-def _run_task(task: Task, moments: AnchorMoments, sweeps: SweepExecutor, finalizer: Finalizer) -> AnchorMoments:
-    """Run one task; returns the anchoring moments (what a stats task adds to; unchanged by the others)."""
-    if task.kind in (TaskKind.INIT, TaskKind.PREDICT, TaskKind.CORRECT):
-        sweeps.run(task)
-    elif task.kind is TaskKind.STATS:
-        return finalizer.stats(task.batch, moments)
-    elif task.kind is TaskKind.ANCHOR:
-        finalizer.anchor(task.batch, moments, task=task.index)
-    elif task.kind is TaskKind.EXPORT:
-        finalizer.export()
-    else:
-        raise ValueError(f"unknown task kind {task.kind!r}")
-    return moments
-
-
-def _refill_frontier(tasks: TaskList, cursor: int, sweeps: SweepExecutor, log) -> None:
+def _refill_frontier(tasks: TaskList, cursor: int, pipeline: TaskPipeline, log) -> None:
     """At a cursor inside a denoiser sweep, replay the sweep's committed batches to rebuild its frontier."""
     if cursor >= len(tasks) or not tasks[cursor].is_model or tasks[cursor].batch.index == 0:
         return
     first = cursor - tasks[cursor].batch.index
     log(f"rebuilding the K/V frontier: replaying {cursor - first} batch(es) of the current sweep")
     for index in range(first, cursor):
-        sweeps.replay(tasks[index])
-
-
-def _seconds(before: dict, timers: Timers, elapsed: float) -> dict[str, float]:
-    """Seconds per category over every run of the job: the earlier runs' plus this one's."""
-    spent = dict(before)
-    for name, value in timers.seconds.items():
-        spent[name] = before.get(name, 0.0) + value
-    spent["total"] = before.get("total", 0.0) + elapsed
-    return spent
+        pipeline.sweeps.replay(tasks[index], pipeline.read_inputs(tasks[index]))
 
 
 def run_job(where: JobDir | Path, *, model_dir: Path | None = None, progress: bool = True, log=print) -> Manifest:
@@ -136,32 +97,27 @@ def run_job(where: JobDir | Path, *, model_dir: Path | None = None, progress: bo
         tasks = m.tasks()
         timers = Timers()
         sweeps = SweepExecutor(store, model, vector=vector, device=device, timers=timers)
-        finalizer = Finalizer(store, device=device, timers=timers)
+        pipeline = TaskPipeline(store, tasks, sweeps=sweeps, finalizer=Finalizer(store, device=device, timers=timers),
+                                timers=timers)
         if stray:
             log(f"removed {len(stray)} partial file(s) left by an interrupted write")
-        _refill_frontier(tasks, m.cursor, sweeps, log)
+        _refill_frontier(tasks, m.cursor, pipeline, log)
         bar = ProgressBar(len(tasks), tasks.model_blocks(), enabled=progress)
         m = store.commit(status=JobStatus.RUNNING, updated=now_iso())
-        start = time.monotonic()
-        seconds_before = dict(m.seconds)
+        clock = RunClock(dict(m.seconds), time.monotonic())
         with StopFlag() as stop:
-            for index in range(m.cursor, len(tasks)):
-                task = tasks[index]
-                blocks_before = timers.model_blocks
-                moments = _run_task(task, m.moments, sweeps, finalizer)
-                kill_point(task.index, "before-commit")
-                release_free_memory()
-                new_blocks = timers.model_blocks - blocks_before
-                m = store.commit(cursor=task.index + 1, moments=moments, updated=now_iso(),
-                                 seconds=_seconds(seconds_before, timers, time.monotonic() - start),
-                                 model_blocks_done=m.model_blocks_done + new_blocks)
-                bar.update(m.cursor, m.model_blocks_done, label=task_label(task, job.steps), new_blocks=new_blocks,
-                           force=m.cursor == len(tasks))
-                if stop.signal is not None:
-                    bar.close()
-                    store.commit(status=JobStatus.INTERRUPTED)
-                    raise Interrupted(f"interrupted; resume with: streamsr resume {job_dir.root}")
-        bar.close()
+            try:
+                m = pipeline.run(m, stop=stop, bar=bar, clock=clock)
+            except torch.OutOfMemoryError:
+                bar.close()
+                store.commit(status=JobStatus.INTERRUPTED)
+                raise OutOfMemory(f"the device ran out of memory at task {store.manifest.cursor}; free memory "
+                                  f"or plan with a smaller --vram, then resume with: streamsr resume "
+                                  f"{job_dir.root}") from None
+            bar.close()
+            if stop.signal is not None and m.cursor < len(tasks):
+                store.commit(status=JobStatus.INTERRUPTED)
+                raise Interrupted(f"interrupted; resume with: streamsr resume {job_dir.root}")
         return store.commit(status=JobStatus.DONE, updated=now_iso())
 
 

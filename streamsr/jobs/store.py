@@ -7,8 +7,10 @@ Layout of a job dir:
     lock          held (flock) by the one process running the job
     state.zarr/   lr (1,3,h,w) f32 in [-1,1], padded to whole blocks; alpha (1,1,h,w) f32 if any;
                   vector (1,V) f32; state0/state1 (ping-pong x_i), pred, deriv (1,3,H,W) f32;
-                  output (H,W,C) uint8|uint16. Chunk = one block, so one block write is one atomic
-                  chunk write (zarr writes a temp file and renames it).
+                  output (H,W,C) uint8|uint16. Chunk = one block; zarr v3 shards of blocks (`shard_grid`,
+                  aligned to the block batches; LR_SHARD_BLOCKS for lr/alpha), each written whole by
+                  the run's one writer (shards.py): a temp file renamed, so a crash never tears one.
+                  Job dirs of earlier versions have no shards (chunk = file) and still run.
     frontier/     the disk placement's K/V spill (never persisted across sweeps)
 An x16 job dir holds chain.json and two x4 job dirs, stage1/ and stage2/.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +30,8 @@ import torch
 import zarr
 
 from ..errors import StreamsrError
-from .faults import kill_point
+from ..stream.planner import BatchShape
+from .faults import kill_point_in
 from .manifest import FORMAT, Geometry, Manifest
 
 MANIFEST = "job.json"
@@ -37,6 +41,19 @@ CHAIN = "chain.json"
 FRONTIER = "frontier"
 STAGES = ("stage1", "stage2")
 STATE_ARRAYS = ("state0", "state1", "pred", "deriv")
+
+
+SHARD_TARGET_BYTES = 8 * 2 ** 20  # about this much per state shard: few files, bounded buffers
+LR_SHARD_BLOCKS = (8, 64)  # LR blocks per shard of the lr and alpha arrays (rows = create.BAND_BLOCKS)
+
+
+def shard_grid(*, block_bytes: int, batch: BatchShape, grid_cols: int) -> tuple[int, int]:
+    """Blocks per shard (rows, cols): the batch's rows, and a whole number of batch widths of about
+    SHARD_TARGET_BYTES in all (at least one batch, at most the grid's width rounded up to a batch)."""
+    per_batch = block_bytes * batch.rows * batch.cols
+    widths = max(1, SHARD_TARGET_BYTES // max(per_batch, 1))
+    widths = min(widths, math.ceil(grid_cols / batch.cols))
+    return batch.rows, widths * batch.cols
 
 
 class JobError(StreamsrError):
@@ -121,17 +138,17 @@ def state_array(step: int) -> str:
     return STATE_ARRAYS[step % 2]
 
 
-def write_json_atomic(path: Path, data: dict, *, fault_index: int = -1) -> None:
+def write_json_atomic(path: Path, data: dict, *, fault_tasks: range = range(0)) -> None:
     """Write JSON so that a crash leaves either the old or the new file, never a torn one.
 
-    fault_index: the cursor being committed (the crash tests' `mid-commit` point is task fault_index - 1).
+    fault_tasks: the tasks a cursor commit covers (the crash tests' `mid-commit` point of each).
     """
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
-    kill_point(fault_index - 1, "mid-commit")
+    kill_point_in(fault_tasks, "mid-commit")
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -181,17 +198,21 @@ class JobStore:
         hh, hw = geo.hr_padded
         lb, bs = geo.lr_block, geo.block_size
         vector_dim = manifest.model.config.vector_dim
-        group.create_array("lr", shape=(1, 3, lh, lw), chunks=(1, 3, lb, lb), dtype="float32", compressors=None)
+        rows, cols = shard_grid(block_bytes=3 * bs * bs * 4, batch=manifest.batch_shape, grid_cols=geo.grid.cols)
+        lr_shard = (lb * LR_SHARD_BLOCKS[0], lb * LR_SHARD_BLOCKS[1])  # ingest writes whole rows of them
+        group.create_array("lr", shape=(1, 3, lh, lw), chunks=(1, 3, lb, lb), shards=(1, 3, *lr_shard),
+                           dtype="float32", compressors=None)
         if "A" in info.mode:
-            group.create_array("alpha", shape=(1, 1, lh, lw), chunks=(1, 1, lb, lb), dtype="float32",
-                               compressors=None)
+            group.create_array("alpha", shape=(1, 1, lh, lw), chunks=(1, 1, lb, lb), shards=(1, 1, *lr_shard),
+                               dtype="float32", compressors=None)
         if vector_dim:
             group.create_array("vector", shape=(1, vector_dim), chunks=(1, vector_dim), dtype="float32",
                                compressors=None)
         for name in STATE_ARRAYS:
-            group.create_array(name, shape=(1, 3, hh, hw), chunks=(1, 3, bs, bs), dtype="float32",
-                               compressors=None)
+            group.create_array(name, shape=(1, 3, hh, hw), chunks=(1, 3, bs, bs), shards=(1, 3, rows * bs, cols * bs),
+                               dtype="float32", compressors=None)
         group.create_array("output", shape=(hh, hw, info.channels), chunks=(bs, bs, info.channels),
+                           shards=(rows * bs, cols * bs, info.channels),
                            dtype="uint16" if info.bit_depth == 16 else "uint8", fill_value=0)
         return cls(job_dir, group, manifest)
 
@@ -209,7 +230,8 @@ class JobStore:
         """Write the manifest with `changes` (Manifest fields) atomically, after the data it describes;
         returns it (it is also the store's `manifest` from now on)."""
         manifest = replace(self.manifest, **changes)
-        write_json_atomic(self.dir.manifest, manifest.to_json(), fault_index=manifest.cursor)
+        write_json_atomic(self.dir.manifest, manifest.to_json(),
+                          fault_tasks=range(self.manifest.cursor, manifest.cursor))
         self.manifest = manifest
         return manifest
 
@@ -226,10 +248,17 @@ class JobStore:
         y0, y1, x0, x1 = box
         return torch.from_numpy(np.ascontiguousarray(self.group[name][:, :, y0:y1, x0:x1]))
 
-    def write(self, name: str, box: tuple[int, int, int, int], value: torch.Tensor) -> None:
-        """Write value (1, C, h, w) into region (y0, y1, x0, x1) of a (1, C, H, W) array."""
+    def write(self, name: str, box: tuple[int, int, int, int], value) -> None:
+        """Write value over region (y0, y1, x0, x1): (1, C, h, w) (tensor or array) into a (1, C, H, W)
+        array, or (h, w, C) pixels into the (H, W, C) output array. The one place the job's arrays are
+        written during a run (shards.ShardWriter calls it)."""
         y0, y1, x0, x1 = box
-        self.group[name][:, :, y0:y1, x0:x1] = value.detach().to("cpu", torch.float32).numpy()
+        if isinstance(value, torch.Tensor):
+            value = value.detach().to("cpu", torch.float32).numpy()
+        if name == "output":
+            self.group[name][y0:y1, x0:x1, :] = value
+        else:
+            self.group[name][:, :, y0:y1, x0:x1] = value
 
     def array(self, name: str):
         return self.group[name]

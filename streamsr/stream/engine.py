@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..core.attention import get_kernel
-from ..core.conditioning import lr_windows
+from ..core.conditioning import LRRegion, LRWindows, lr_windows
 from ..core.denoiser import Preconditioning, embedding
 from ..core.grid import Block, Grid, blocks_to_image, image_to_blocks
 from ..core.model import Gather, InfDiT, Kernel
@@ -50,19 +50,18 @@ def pool_gather(frontier: Frontier, reads: tuple[Block, ...], slots: torch.Tenso
 
 
 def denoise_batch(model: InfDiT, x: torch.Tensor, up: torch.Tensor, *, sigma: torch.Tensor, emb: torch.Tensor,
-                  lr, plan: BatchPlan, frontier: Frontier, kernel: Kernel) -> torch.Tensor:
+                  windows: LRWindows, plan: BatchPlan, frontier: Frontier, kernel: Kernel) -> torch.Tensor:
     """D for the blocks of one batch: (B, N, 3, bs, bs) float32.
 
     x, up: (B, N, 3, bs, bs) noisy HR and upsampled LR of the batch's blocks (row-major); sigma (B,);
-    emb (B, C) from denoiser.embedding at sigma; lr: the whole LR image (sliceable; only the batch's
-    windows are read); plan: the batch's plan; frontier: the sweep's K/V frontier.
+    emb (B, C) from denoiser.embedding at sigma; windows: the blocks' LR windows (conditioning.lr_windows)
+    on x's device; plan: the batch's plan; frontier: the sweep's K/V frontier.
     """
     blocks = plan.batch.blocks()
     own = {blk: i for i, blk in enumerate(blocks)}  # block -> its index in x
     pre = Preconditioning.at(sigma, model)
     frontier.prefetch(plan.reads)  # host/disk placements: every layer of the reads onto the device
-    pixels, inside = lr_windows(lr, blocks, model.cfg)  # (B, N, 3, 3L, 3L), (N, 3L/lp, 3L/lp)
-    ctx = model.context(emb, pixels.to(x.device), inside.to(x.device), blocks=blocks, kernel=kernel)
+    ctx = model.context(emb, windows.pixels, windows.inside, blocks=blocks, kernel=kernel)
     gather = pool_gather(frontier, plan.reads, torch.tensor(plan.slots, device=x.device))
     inp = pre.network_input(x, up).to(model.dtype)  # (B, N, 6, bs, bs), held to the end as in denoise_full
     h = model.embed_tokens(inp)  # (B, N, T, C)
@@ -97,9 +96,12 @@ def denoise_stream(model: InfDiT, x: torch.Tensor, sigma: torch.Tensor, *, lr: t
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # (B, 3, H, W)
     for plan in sweep.batch_plans():
         y0, y1, x0, x1 = box = batch_box(plan.batch, bs)
-        up = concat_lr[..., y0:y1, x0:x1] if concat_lr is not None else upsample_region(lr, box).to(x.device)
+        region = LRRegion.around(lr, box, model.cfg)  # the batch's LR, read once
+        up = concat_lr[..., y0:y1, x0:x1] if concat_lr is not None else upsample_region(region, box).to(x.device)
+        windows = lr_windows(region, plan.batch.blocks(), model.cfg).to(x.device)
         d = denoise_batch(model, image_to_blocks(x[..., y0:y1, x0:x1], bs), image_to_blocks(up, bs), sigma=sigma,
-                          emb=emb, lr=lr, plan=plan, frontier=frontier, kernel=kernel)  # (B, N, 3, bs, bs)
+                          emb=emb, windows=windows, plan=plan, frontier=frontier,
+                          kernel=kernel)  # (B, N, 3, bs, bs)
         out[..., y0:y1, x0:x1] = blocks_to_image(d, Grid(plan.batch.rows, plan.batch.cols))
         if stats is not None:
             stats.batch_sizes.append(len(plan.batch.blocks()))

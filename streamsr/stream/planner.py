@@ -90,6 +90,15 @@ class BatchGrid:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def blocks_before(self, count: int) -> int:
+        """Blocks in the first `count` batches (raster order)."""
+        band, rest = divmod(count, self.cols)
+        full = min(band * self.shape.rows, self.grid.rows) * self.grid.cols  # whole bands
+        if rest == 0 or band >= self.rows:
+            return full
+        height = min(self.shape.rows, self.grid.rows - band * self.shape.rows)
+        return full + height * min(rest * self.shape.cols, self.grid.cols)
+
     def index_of(self, block: Block) -> int:
         """Index of the batch that holds `block`."""
         return (block[0] // self.shape.rows) * self.cols + block[1] // self.shape.cols
@@ -300,6 +309,16 @@ class TaskList:
             if sweep.kind == kind:
                 return number * len(self.batches)
         raise ValueError(f"this job has no {kind} sweep")
+
+    def model_blocks_before(self, cursor: int) -> int:
+        """Block evaluations of the denoiser in the tasks before `cursor`."""
+        n, done = len(self.batches), 0
+        for number, sweep in enumerate(self.sweeps):
+            if cursor <= number * n:
+                break
+            if sweep.kind.is_model:
+                done += self.batches.blocks_before(min(cursor - number * n, n))
+        return done
 
     def model_blocks(self) -> int:
         """Block evaluations of the denoiser over the whole job."""

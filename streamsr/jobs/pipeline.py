@@ -1,0 +1,212 @@
+"""The task loop of a run, with the store's I/O overlapped with the compute (issue 11).
+
+One I/O thread does every read, write and cursor commit, in the order they were asked for (a FIFO of one
+worker), so a read asked for after a write sees it. The compute thread, per model task:
+
+    inputs(t)  <- read ahead while task t - 1 computed (asked for before t - 1's compute, since a sweep
+                  never reads what it writes; at a sweep's first task, asked for after the last sweep's
+                  writes and flush)
+    compute(t) -> its BlockWrites, queued to the ShardWriter (at most `depth` tasks queued: memory stays
+                  bounded, and the planner counts those buffers, memory.io_bytes)
+
+Commits. The cursor is committed on the I/O thread after the writes it covers are on disk: up to
+`ShardWriter.durable`, every `CommitPolicy.every_tasks` tasks or `every_seconds` seconds, and always at a
+sweep's end after a flush, before the next sweep writes anything. That last rule keeps resume exact: a
+sweep overwrites the ping-pong array that the sweep before it read, so a cursor must never lag behind a
+sweep boundary. Inside a sweep a resume re-runs at most the uncommitted tasks, which are idempotent.
+SIGKILL at any moment therefore resumes bit-identically (tests/test_job.py kills with queued writes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..stream.planner import Task, TaskKind, TaskList
+from .faults import kill_point, kill_point_in
+from .manifest import AnchorMoments, Manifest
+from .progress import ProgressBar, Timers, task_label
+from .shards import ShardReader, ShardWriter
+from .store import JobStore
+
+if TYPE_CHECKING:
+    from .executor import SweepExecutor
+    from .finalize import Finalizer
+
+
+@dataclass(frozen=True)
+class CommitPolicy:
+    """When the cursor is committed: after this many tasks or seconds (and at every sweep end)."""
+
+    every_tasks: int = 16
+    every_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.every_tasks < 1 or not self.every_seconds >= 0:
+            raise ValueError(f"commit every >= 1 task and >= 0 seconds, got {self}")
+
+
+@dataclass
+class RunClock:
+    """The seconds of this run and the job's earlier runs, for the manifest's `seconds`."""
+
+    before: dict
+    start: float
+
+    def seconds(self, *parts: dict) -> dict[str, float]:
+        spent = dict(self.before)
+        for part in parts:
+            for name, value in part.items():
+                spent[name] = spent.get(name, 0.0) + value
+        spent["total"] = self.before.get("total", 0.0) + time.monotonic() - self.start
+        return spent
+
+
+class IOThread:
+    """One worker thread running submitted calls in order. After a call fails, every later call fails
+    too without running (a commit must never follow a write that did not happen), raising that first
+    failure again: whatever future the compute thread waits on next reports it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamsr-io")
+        self._failed: BaseException | None = None
+
+    def submit(self, fn, *args) -> Future:
+        return self._pool.submit(self._guarded, fn, *args)
+
+    def _guarded(self, fn, *args):
+        if self._failed is not None:  # skipped: the earlier failure is the error to report
+            raise self._failed
+        try:
+            return fn(*args)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def shutdown(self) -> None:
+        """Cancel what has not started, and wait for what has."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class TaskPipeline:
+    """Runs the tasks of one job from its cursor with reads ahead and writes behind (module docstring)."""
+
+    def __init__(self, store: JobStore, tasks: TaskList, *, sweeps: SweepExecutor, finalizer: Finalizer,
+                 timers: Timers, policy: CommitPolicy = CommitPolicy(), depth: int = 2):
+        self.store = store
+        self.tasks = tasks
+        self.sweeps = sweeps
+        self.finalizer = finalizer
+        self.timers = timers  # the compute thread's
+        self.io_timers = Timers()  # the I/O thread's (read, lr, write, commit)
+        self.policy = policy
+        self.depth = depth
+        self.reader = ShardReader(store)
+        self.writer = ShardWriter(store, timers=self.io_timers)
+
+    # ---- reads (also used before the loop, to replay a sweep's committed batches) ----------------
+    def read_inputs(self, task: Task):
+        return self.sweeps.inputs(task, self.reader, self.io_timers)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def run(self, manifest: Manifest, *, stop, bar: ProgressBar, clock: RunClock) -> Manifest:
+        """Run the tasks from manifest.cursor to the end (or to a stop request); returns the last manifest
+        committed. Every queued write and commit has finished when it returns or raises."""
+        self._committed = manifest
+        self._last_commit = time.monotonic()
+        io = IOThread()
+        queued: deque[Future] = deque()
+        ahead: tuple[int, Future] | None = None
+        moments = manifest.moments
+        try:
+            for index in range(manifest.cursor, len(self.tasks)):
+                task = self.tasks[index]
+                nxt = self.tasks[index + 1] if index + 1 < len(self.tasks) else None
+                sweep_end = nxt is None or nxt.sweep != task.sweep
+                if task.kind in (TaskKind.INIT, TaskKind.PREDICT, TaskKind.CORRECT):
+                    future = ahead[1] if ahead and ahead[0] == index else io.submit(self.read_inputs, task)
+                    with self.timers("wait"):
+                        inputs = future.result()
+                    ahead = (index + 1, io.submit(self.read_inputs, nxt)) if not sweep_end else None
+                    queued.append(io.submit(self.writer.write, index, self.sweeps.compute(task, inputs)))
+                    kill_point(index, "queued")
+                elif task.kind is TaskKind.ANCHOR:
+                    writes = self.finalizer.anchor(task.batch, moments)
+                    queued.append(io.submit(self.writer.write, index, writes))
+                else:  # stats and export read the store directly: everything before them is on disk
+                    self._drain(queued)
+                    with self.timers("finalize"):
+                        if task.kind is TaskKind.STATS:
+                            moments = self.finalizer.stats(task.batch, moments)
+                        else:
+                            self.finalizer.export()
+                while len(queued) > self.depth:
+                    with self.timers("wait"):
+                        queued.popleft().result()
+                if sweep_end:
+                    queued.append(io.submit(self.writer.flush))
+                    queued.append(io.submit(self.reader.forget))
+                now = time.monotonic()
+                if (sweep_end or stop.signal is not None or index + 1 - self._committed.cursor >= self.policy.every_tasks
+                        or now - self._last_commit >= self.policy.every_seconds):
+                    self._last_commit = now
+                    release_free_memory()
+                    queued.append(io.submit(self._commit, index + 1, moments, dict(self.timers.seconds), clock))
+                    if sweep_end or stop.signal is not None:
+                        self._drain(queued)
+                bar.update(index + 1, self.tasks.model_blocks_before(index + 1), label=task_label(task, self._steps()),
+                           new_blocks=len(task.batch.blocks()) if task.is_model else 0,
+                           force=index + 1 == len(self.tasks))
+                if stop.signal is not None:
+                    break
+            self._drain(queued)
+        finally:
+            io.shutdown()
+        return self._committed
+
+    def _steps(self) -> int:
+        return self.store.manifest.job.steps
+
+    def _drain(self, queued: deque[Future]) -> None:
+        with self.timers("wait"):
+            while queued:
+                queued.popleft().result()
+
+    def _commit(self, candidate: int, moments: AnchorMoments, seconds: dict, clock: RunClock) -> None:
+        """On the I/O thread: commit the cursor up to what is on disk (at most `candidate`)."""
+        cursor = self.writer.durable(candidate)
+        if cursor <= self._committed.cursor:
+            return
+        if cursor < candidate and moments != self._committed.moments:
+            raise RuntimeError("anchoring moments changed while writes were buffered")  # stats write nothing
+        with self.io_timers("commit"):
+            kill_point_in(range(self._committed.cursor, cursor), "before-commit")
+            self._committed = self.store.commit(
+                cursor=cursor, moments=moments, seconds=clock.seconds(seconds, self.io_timers.seconds),
+                model_blocks_done=self.tasks.model_blocks_before(cursor), updated=now_iso())
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps it otherwise, and RSS creeps up with the
+    image width, tools/bench_memory.py); a no-op where malloc_trim does not exist."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
+def now_iso() -> str:
+    from .create import now_iso as _now  # noqa: PLC0415 - create imports torch-heavy modules
+
+    return _now()

@@ -1,0 +1,190 @@
+"""Benchmark the engine's own cost per block evaluation: everything a job does around the model.
+
+    engine overhead = (sampler wall - model seconds) / block evaluations
+
+measured on whole `streamsr upscale` jobs, each in a fresh child process (peak RSS by wait4):
+
+- sampler wall: the job's task loop (`seconds.total` of job.json) minus its finalize part (stats, anchor,
+  export: `seconds.finalize`, one-time work that does not grow with the steps); a job of an older
+  version without that key counts all of it;
+- model seconds: `seconds.model`, the network and its K/V frontier (denoise_batch);
+- block evaluations: `model_blocks_done`.
+
+It also prints the difference method of issue 11, (wall at LR N - wall at LR 128) / (blocks at N - blocks
+at 128), which counts everything (start-up, creation, export) that grows with the image; block-evals/s
+(of the sampler wall); the split of the seconds the job recorded (model, read, lr = the LR halo read +
+upsample + windows, write, commit, wait = the main thread waiting for the I/O thread, other); the
+files in the job's store; and the peak RSS.
+
+Models:
+  zero128  near-zero cost: 128 px blocks, patch 16, hidden 8, 1 layer, 1 head (random weights)
+  zero64   near-zero cost: 64 px blocks, patch 8, hidden 8, 1 layer, 1 head
+  shipped  the model shipped in streamsr/models/default (its own 64 px blocks)
+Cases: SAMPLER:STEPS (euler:1 is one block evaluation per block).
+
+Run (repository root; pause anything else that uses the cores, and say so next to the figures):
+
+    .venv/bin/python -m tools.bench_engine --models zero128,zero64 --cases euler:1,euler:4,heun:2 --lr 1024
+    .venv/bin/python -m tools.bench_engine --models shipped --cases euler:1 --lr 512 --reference-lr 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamsr.config import ModelConfig
+from tools.harness import (REPO, WRAPPER, add_run_arguments, child_env, make_model_dir, read_manifest,
+                           run_child, synthetic_lr_png)
+
+SHIPPED = REPO / "streamsr" / "models" / "default"
+ZERO_MODELS = {
+    "zero128": dict(block_size=128, patch_size=16, hidden=8, heads=1, layers=1, mlp_hidden=8, lr_patch=4,
+                    vector_dim=0, rope_table=64, time_freqs=8),
+    "zero64": dict(block_size=64, patch_size=8, hidden=8, heads=1, layers=1, mlp_hidden=8, lr_patch=4,
+                   vector_dim=0, rope_table=64, time_freqs=8),
+}
+SPLIT = ("model", "read", "lr", "write", "commit", "wait")
+
+
+@dataclass(frozen=True)
+class Case:
+    sampler: str
+    steps: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Case":
+        sampler, _, steps = text.partition(":")
+        if sampler not in ("euler", "heun") or not steps.isdigit() or int(steps) < 1:
+            raise argparse.ArgumentTypeError(f"a case looks like euler:1 or heun:2, got {text!r}")
+        return cls(sampler, int(steps))
+
+    def __str__(self) -> str:
+        return f"{self.sampler}:{self.steps}"
+
+
+@dataclass
+class Result:
+    model: str
+    case: str
+    lr: int
+    wall_s: float
+    total_s: float
+    finalize_s: float
+    blocks: int
+    seconds: dict
+    files: int
+    rss_mib: float
+
+    @property
+    def sampler_s(self) -> float:
+        return self.total_s - self.finalize_s
+
+    @property
+    def overhead_ms(self) -> float:
+        return 1000 * (self.sampler_s - self.seconds.get("model", 0.0)) / max(self.blocks, 1)
+
+    @property
+    def evals_per_s(self) -> float:
+        return self.blocks / self.sampler_s if self.sampler_s > 0 else float("nan")
+
+    def split(self) -> dict[str, float]:
+        """ms per block evaluation of each recorded category, and `other` (sampler wall not in any)."""
+        per = {k: 1000 * self.seconds.get(k, 0.0) / max(self.blocks, 1) for k in SPLIT}
+        main_thread = ("model", "wait") if "wait" in self.seconds else ("model", "read", "lr", "write", "commit")
+        per["other"] = 1000 * self.sampler_s / max(self.blocks, 1) - sum(per[k] for k in main_thread)
+        return per
+
+
+def model_dir(name: str, workdir: Path, seed: int, std: float) -> Path:
+    if name == "shipped":
+        return SHIPPED
+    if name not in ZERO_MODELS:
+        raise SystemExit(f"unknown model {name!r}; choose from shipped, {', '.join(ZERO_MODELS)}")
+    path = workdir / f"model-{name}"
+    if not (path / "config.json").is_file():
+        make_model_dir(ModelConfig(**ZERO_MODELS[name]), path, seed=seed, std=std)
+    return path
+
+
+def run_one(name: str, case: Case, lr: int, args) -> Result:
+    workdir = args.workdir
+    model = model_dir(name, workdir, args.seed, args.std)
+    image = workdir / f"lr-{lr}.png"
+    if not image.exists():
+        synthetic_lr_png(lr, lr, image, args.seed)
+    job = workdir / f"job-{name}-{case.sampler}{case.steps}-{lr}"
+    out = workdir / f"out-{name}-{lr}.zarr"
+    for path in (job, out):
+        if path.exists():
+            shutil.rmtree(path)
+    cmd = [sys.executable, "-c", WRAPPER, "upscale", str(image), "-o", str(out), "--model", str(model),
+           "--job", str(job), "--steps", str(case.steps), "--sampler", case.sampler, "--sigma-max", "1.0",
+           "--sigma-min", "0.5", "--anchor", "none", "-q", *(["--batch", args.batch] if args.batch else [])]
+    rep = run_child(cmd, child_env(args.threads), poll=args.poll, timeout=args.timeout,
+                    report=workdir / "report.json")
+    if rep["rc"] != 0:
+        raise SystemExit(f"job failed (rc {rep['rc']}): {rep['stderr_tail']}")
+    manifest = read_manifest(job) or {}
+    secs = {k: float(v) for k, v in (manifest.get("seconds") or {}).items()}
+    files = sum(1 for p in (job / "state.zarr").rglob("*") if p.is_file())
+    result = Result(name, str(case), lr, rep["wall_s"], secs.get("total", 0.0), secs.get("finalize", 0.0),
+                    int(manifest.get("model_blocks_done", 0)), secs, files, rep["wait4_mib"])
+    if not args.keep:
+        shutil.rmtree(job, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def table(results: list[Result], diffs: dict) -> str:
+    head = (f"{'model':<8} {'case':<8} {'LR':>5} {'blocks':>6} {'evals/s':>8} {'ovh ms':>7} {'diff ms':>7}  "
+            + " ".join(f"{k:>6}" for k in (*SPLIT, "other")) + f" {'final s':>7} {'files':>6} {'RSS MiB':>7}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        split = r.split()
+        diff = diffs.get((r.model, r.case, r.lr))
+        lines.append(f"{r.model:<8} {r.case:<8} {r.lr:>5} {r.blocks:>6} {r.evals_per_s:>8.1f} {r.overhead_ms:>7.2f} "
+                     f"{diff if diff is not None else float('nan'):>7.2f}  "
+                     + " ".join(f"{split[k]:>6.2f}" for k in (*SPLIT, "other"))
+                     + f" {r.finalize_s:>7.2f} {r.files:>6} {r.rss_mib:>7.0f}")
+    lines.append("split columns: ms per block evaluation; ovh = (sampler wall - model s) / evals; diff = (wall at "
+                 "LR - wall at the reference LR) / (evals - reference evals) - model ms per eval")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="zero128,zero64", help="comma list of zero128, zero64, shipped")
+    p.add_argument("--cases", default="euler:1,euler:4,heun:2", help="comma list of SAMPLER:STEPS")
+    p.add_argument("--lr", type=int, default=1024, help="LR side in pixels (square; default 1024)")
+    p.add_argument("--reference-lr", type=int, default=128,
+                   help="LR side of the difference method's small job (0: skip it; default 128)")
+    p.add_argument("--batch", default=None, help="--batch of the jobs (default: the job's own choice)")
+    add_run_arguments(p, "out/bench_engine", threads=2)
+    args = p.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cases = [Case.parse(c) for c in args.cases.split(",")]
+    results, diffs = [], {}
+    for name in args.models.split(","):
+        for case in cases:
+            big = run_one(name, case, args.lr, args)
+            results.append(big)
+            if args.reference_lr:
+                small = run_one(name, case, args.reference_lr, args)
+                results.append(small)
+                model_ms = 1000 * (big.seconds.get("model", 0.0) - small.seconds.get("model", 0.0))
+                diffs[(name, str(case), args.lr)] = ((1000 * (big.wall_s - small.wall_s) - model_ms)
+                                                     / max(big.blocks - small.blocks, 1))
+            print(table(results, diffs), file=sys.stderr, flush=True)
+    print(table(results, diffs))
+    if args.json:
+        args.json.write_text(json.dumps([{**r.__dict__, "overhead_ms": r.overhead_ms, "evals_per_s": r.evals_per_s,
+                                          "split_ms": r.split()} for r in results], indent=1))
+
+
+if __name__ == "__main__":
+    main()
