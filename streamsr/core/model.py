@@ -213,8 +213,9 @@ class InfDiT(ModelMixin, ConfigMixin):
         rope_origin: a (row, col) token offset added to every RoPE position (training draws it, FACTS.md 1.2)."""
         cfg = self.cfg
         dtype = self.patch_embed.weight.dtype
-        rows = torch.tensor([r for r, _ in blocks], device=emb.device)  # (N,)
-        cols = torch.tensor([c for _, c in blocks], device=emb.device)  # (N,)
+        coords = torch.tensor(blocks, dtype=torch.long).reshape(-1, 2)  # (N, 2) on the host
+        # non_blocking: from pageable memory the copy is staged before it returns (no device sync)
+        rows, cols = coords.to(emb.device, non_blocking=True).unbind(-1)  # (N,) each
         angles = rope.block_angles(rows, cols, cfg.block_tokens_side, cfg.head_dim, cfg.rope_table,
                                    rope_origin)  # (N, T, D)
         cos = angles.cos()[None, :, :, None].to(dtype)  # (1, N, T, 1, D)
