@@ -46,7 +46,10 @@ def default_vram(device: str) -> int:
         raise BadInput(f"--device must be cpu, cuda or cuda:N, got {device!r}") from None
     if dev.type != "cuda" or not torch.cuda.is_available():
         return 0
-    free, _total = torch.cuda.mem_get_info(dev)
+    try:
+        free, _total = torch.cuda.mem_get_info(dev)
+    except (RuntimeError, AssertionError) as exc:  # no such device index, a broken driver
+        raise BadInput(f"--device {device}: {(str(exc).strip().splitlines() or ['unusable'])[0]}") from None
     return int(free) + CUDA_CONTEXT_BYTES
 
 

@@ -361,7 +361,8 @@ def check_kits(setup: Setup, state: dict) -> list[Row]:
     from streamsr.core.precision import fp32_is_ieee
     from streamsr.weights import load_model
 
-    runs = [(b, m, s) for b in ("reference", "sdpa") for m, s in (("full", (1, 1)), ("stream", (1, 1)), ("stream", (2, 3)))]
+    modes = (("full", (1, 1)), ("stream", (1, 1)), ("stream", (2, 3)))
+    runs = [(backend, mode, batch) for backend in ("reference", "sdpa") for mode, batch in modes]
     if setup.reduced:  # the reference attention is slow on a CPU; tests/test_kits.py runs the rest there
         runs = [("reference", "full", (1, 1)), ("sdpa", "stream", (2, 3))]
     worst = {"reference": 0.0, "sdpa": 0.0} | ({} if setup.reduced else {"sampler": 0.0})
@@ -421,7 +422,8 @@ def make_setup(reduced: bool, device: str | None, workdir: Path, kits: Path | No
         name = torch.cuda.get_device_name()
         peak = next((bf16 for part, bf16, _ in PEAKS if part in name), None)
     if reduced:
-        return Setup(device, cuda, True, ModelConfig.tiny(), 4, (4, 8), (8, 4), vram, 32, find_kits(kits), workdir, peak)
+        return Setup(device, cuda, True, ModelConfig.tiny(), 4, (4, 8), (8, 4), vram, 32, find_kits(kits), workdir,
+                     peak)
     return Setup(device, cuda, False, ModelConfig.official(), 8, (16, 32), (16, 8), vram, 512, find_kits(kits),
                  workdir, peak)
 

@@ -126,6 +126,7 @@ class Frontier:
         """Hand the host buffer back to the copier now (also done when the frontier is collected)."""
         self._recent.clear()
         self._staged.clear()
+        self.staged_bytes = 0
         self._finalizer()
 
     # ---- storing ------------------------------------------------------------------------------------
