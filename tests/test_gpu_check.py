@@ -38,6 +38,7 @@ def test_the_numbers_are_sane(rows):
         assert rows[key].number > 10 and "block-evals/s" in rows[key].value and gpu_check.NO_CUDA in rows[key].value
     for key in ("vram_host", "vram_disk"):
         assert 0.3 < rows[key].number <= 1.0, rows[key].value  # measured within the plan, not a wild overestimate
+    assert "host buffer 0 B" not in rows["vram_host"].value  # the frontier was used: one host buffer
     assert 0.0 <= rows["job_overhead"].number < 1.0 and "ms engine per block" in rows["job_overhead"].value
 
 

@@ -66,6 +66,7 @@ class Setup:
     parity_side: int  # grid side (blocks) of the parity, host-vs-device and sync rows
     throughput_sides: tuple[int, int]
     vram_sides: tuple[int, int]  # host, disk
+    vram_batch: tuple[int, int] | None  # None: the planner's choice under the budget
     vram_budget: int
     job_lr: int  # LR side of the job
     kits: Path | None
@@ -169,8 +170,13 @@ def check_parity(setup: Setup, state: dict) -> list[Row]:
     full = api.denoise(model, x, 1.0, lr=lr, vector=vector, mode="full", backend="sdpa")
     err_full = (out32 - full).abs().max().item()
     del full
-    state["model"] = model.to(torch.bfloat16)  # in place: the same weights, rounded
-    out16 = sweep(model, data, (2, 2))
+    if setup.cuda:  # the other checks run bf16 on CUDA, fp32 on a CPU
+        model16 = state["model"] = model.to(torch.bfloat16)  # in place: the same weights, rounded
+    else:
+        import copy
+
+        state["model"], model16 = model, copy.deepcopy(model).to(torch.bfloat16)
+    out16 = sweep(model16, data, (2, 2))
     rel = ((out16 - out32).abs().max() / out32.abs().max()).item()
     side = setup.parity_side * setup.cfg.block_size
     return [Row("parity_bf16_fp32", f"bf16 vs fp32, streamed {side}x{side}", f"max rel {fmt(rel)} (max abs "
@@ -225,8 +231,9 @@ def check_vram(setup: Setup, state: dict) -> list[Row]:
     for placement, side in zip(("host", "disk"), setup.vram_sides):
         size = side * setup.cfg.block_size
         pred = memory.plan(setup.cfg, itemsize, (size, size), setup.vram_budget if setup.cuda else None, None,
-                           device_type, placement=placement)
+                           device_type, batch=setup.vram_batch, placement=placement)
         data = inputs(setup, side)
+        image = data[0].numel() * 4  # the in-memory API's output image (a job streams it instead)
         spill = Path(tempfile.mkdtemp(prefix="spill-", dir=setup.workdir))
         with FrontierSpy() as spy:
             if setup.cuda:
@@ -234,18 +241,20 @@ def check_vram(setup: Setup, state: dict) -> list[Row]:
                 torch.cuda.reset_peak_memory_stats()
                 sweep(model, data, pred.batch, placement, spill)
                 measured, reserved = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
-                bound = pred.device_bytes - pred.parts["cuda_context"]  # the allocator does not see the context
+                # the allocator does not see the context; it does see the input images and the output
+                bound = pred.device_bytes - pred.parts["cuda_context"] + sum(t.numel() * 4 for t in data
+                                                                             if t is not None) + image
             else:
                 with TensorBytes() as tb:
                     base = tb.held
                     sweep(model, data, pred.batch, placement, spill)
                 measured, reserved = tb.peak - base, None
-                bound = pred.device_bytes - pred.parts["weights"] + pred.parts["frontier_host"]  # weights pre-exist
+                bound = pred.device_bytes - pred.parts["weights"] + pred.parts["frontier_host"] + image
             pinned = sum(f.host_buffer_bytes for f in spy.made)
             pinning = spy.made[0].copier.pinning if spy.made else "?"
         ratio = measured / bound
         b = memory.format_bytes
-        value = (f"{b(measured)} of {b(bound)} predicted ({100 * ratio:.0f}%)"
+        value = (f"{b(measured)} of {b(bound)} predicted, images included ({100 * ratio:.0f}%)"
                  + (f", reserved {b(reserved)}" if reserved is not None else "")
                  + f"; host buffer {b(pinned)} ({pinning}), plan "
                  f"{b(pred.parts['frontier_host' if placement == 'host' else 'spill_io'])}"
@@ -422,9 +431,9 @@ def make_setup(reduced: bool, device: str | None, workdir: Path, kits: Path | No
         name = torch.cuda.get_device_name()
         peak = next((bf16 for part, bf16, _ in PEAKS if part in name), None)
     if reduced:
-        return Setup(device, cuda, True, ModelConfig.tiny(), 4, (4, 8), (8, 4), vram, 32, find_kits(kits), workdir,
-                     peak)
-    return Setup(device, cuda, False, ModelConfig.official(), 8, (16, 32), (16, 8), vram, 512, find_kits(kits),
+        return Setup(device, cuda, True, ModelConfig.tiny(), 4, (4, 8), (8, 4), (2, 2), vram, 32, find_kits(kits),
+                     workdir, peak)
+    return Setup(device, cuda, False, ModelConfig.official(), 8, (16, 32), (16, 8), None, vram, 512, find_kits(kits),
                  workdir, peak)
 
 
