@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..config import SR_SCALE, ModelConfig
-from .resample import input_range
+from .resample import halo
 
 
 class LRWindows(NamedTuple):
@@ -65,8 +65,8 @@ class LRRegion:
         h, w = int(lr.shape[-2]), int(lr.shape[-1])
         size, scale = cfg.lr_block_size, SR_SCALE
         y0, y1, x0, x1 = box
-        uy0, uy1 = input_range(h, h * scale, y0, y1)
-        ux0, ux1 = input_range(w, w * scale, x0, x1)
+        uy0, uy1 = halo(h, h * scale, y0, y1)
+        ux0, ux1 = halo(w, w * scale, x0, x1)
         return cls(lr, max(min(y0 // scale - size, uy0), 0), min(max(y1 // scale + size, uy1), h),
                    max(min(x0 // scale - size, ux0), 0), min(max(x1 // scale + size, ux1), w))
 

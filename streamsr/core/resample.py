@@ -8,7 +8,8 @@ result equals `F.interpolate(lr, size=(h*s, w*s), mode="bicubic", align_corners=
 antialias=True).clamp(-1, 1)` restricted to the box.
 
 - `axis_weights`: the input range and weight matrix of one axis for an output range.
-- `input_range`: the input range (the halo) that an output range reads.
+- `input_range`: the input range that an output range reads (nonzero weights).
+- `halo`: the input crop that upsample_region reads for an output range.
 - `upsample_region`: one output box (y0, y1, x0, x1) of the upsampled image.
 - `upsample_full`: the whole upsampled image (upsample_region over everything).
 """
@@ -19,6 +20,7 @@ import functools
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _A = -0.5  # Keys cubic parameter of the antialiased bicubic kernel (torch/PIL use -0.5 here)
 
@@ -79,21 +81,14 @@ def input_range(in_size: int, out_size: int, out_start: int, out_stop: int) -> t
     return lo, hi
 
 
-@functools.lru_cache(maxsize=256)
-def _weights_on(in_size: int, out_size: int, out_start: int, out_stop: int,
-                device: torch.device) -> tuple[int, int, torch.Tensor]:
-    """_axis_weights on `device` (the upsampler's cache per compute device). Do not change the tensor."""
-    lo, hi, W = _axis_weights(in_size, out_size, out_start, out_stop)
-    return lo, hi, W.to(device)
-
-
 def upsample_region(lr, box: tuple[int, int, int, int], scale: int = 4, clamp: bool = True) -> torch.Tensor:
     """Output box `(y0, y1, x0, x1)` (HR pixels) of the bicubic x`scale` upsampling of `lr`.
 
     `lr` is anything with `.shape == (B, C, h, w)` that can be sliced as `lr[..., ys, xs]` into a torch
-    tensor or numpy array (a tensor, a zarr array, ...); only the needed halo of `lr` is read. The
-    computation is done in float64 and cast to the input's float dtype (float32 for numpy / integer
-    input). Returns (B, C, y1 - y0, x1 - x0), clamped to [-1, 1] when `clamp`.
+    tensor or numpy array (a tensor, a zarr array, ...); only the needed halo of `lr` is read (`halo`),
+    and torch's own antialiased bicubic kernel resizes it, in the input's float dtype (float32 for numpy /
+    integer input): an output's weights depend only on its centre relative to the crop, so the box comes
+    out as from the whole image. Returns (B, C, y1 - y0, x1 - x0), clamped to [-1, 1] when `clamp`.
     """
     if isinstance(scale, bool) or not isinstance(scale, int) or scale <= 0:
         raise ValueError(f"scale must be a positive integer, got {scale!r}")
@@ -102,20 +97,26 @@ def upsample_region(lr, box: tuple[int, int, int, int], scale: int = 4, clamp: b
     y0, y1, x0, x1 = (int(v) for v in box)
     if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
         raise ValueError(f"box (y0, y1, x0, x1)={tuple(box)} is empty or outside the {H}x{W} output image")
-    iy0, iy1, _ = _axis_weights(h, H, y0, y1)
-    ix0, ix1, _ = _axis_weights(w, W, x0, x1)
+    iy0, iy1 = halo(h, H, y0, y1)
+    ix0, ix1 = halo(w, W, x0, x1)
     patch = lr[..., iy0:iy1, ix0:ix1]  # (B, C, iy1-iy0, ix1-ix0), the halo only
     if isinstance(patch, torch.Tensor):
         dtype = patch.dtype if patch.is_floating_point() else torch.float32
     else:
         patch, dtype = torch.from_numpy(np.asarray(patch)), torch.float32
-    x = patch.to(torch.float64)  # (B, C, iy1-iy0, ix1-ix0)
-    wy = _weights_on(h, H, y0, y1, x.device)[2]  # (y1-y0, iy1-iy0)
-    wx = _weights_on(w, W, x0, x1, x.device)[2]  # (x1-x0, ix1-ix0)
-    out = wy @ x @ wx.T  # (B, C, y1-y0, x1-x0)
-    if clamp:
-        out = out.clamp(-1.0, 1.0)
-    return out.to(dtype)
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # no half kernels on CPU
+    up = F.interpolate(patch.to(work), size=((iy1 - iy0) * scale, (ix1 - ix0) * scale), mode="bicubic",
+                       align_corners=False, antialias=True)  # (B, C, scale*(iy1-iy0), scale*(ix1-ix0))
+    out = up[..., y0 - iy0 * scale:y1 - iy0 * scale, x0 - ix0 * scale:x1 - ix0 * scale]  # (B, C, y1-y0, x1-x0)
+    return (out.clamp(-1.0, 1.0) if clamp else out.contiguous()).to(dtype)
+
+
+def halo(in_size: int, out_size: int, out_start: int, out_stop: int) -> tuple[int, int]:
+    """The input crop whose own resize gives outputs [out_start, out_stop) exactly as the whole input's:
+    the range of their nonzero taps (an output's weights depend only on its centre relative to the crop;
+    the taps the crop cuts off have zero weight, so the normalisation is unchanged; tests/test_upsample.py
+    checks equality on random boxes)."""
+    return input_range(in_size, out_size, out_start, out_stop)
 
 
 def upsample_full(lr, scale: int = 4, clamp: bool = True) -> torch.Tensor:
