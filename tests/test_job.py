@@ -116,9 +116,10 @@ def test_sigkill_at_every_kind_of_point_then_resume_is_bit_identical(work, tmp_p
     args = ("--model", work / "model", "--steps", 2, "--batch", "1x2", "-q")
     ref = run_sub("upscale", work / "in.png", "-o", tmp_path / "ref.png", "--job", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
-    # 6 batches a sweep: init 0-5, predict0 6-11, correct0 12-17, predict1 18-23, stats 24-29, anchor 30-35, export 36
-    points = ["3:mid-write", "8:mid-write", "14:before-commit", "15:mid-commit", "20:mid-write", "26:before-commit",
-              "27:mid-commit", "31:mid-write", "36:before-commit"]
+    # 6 batches a sweep: predict0 0-5, correct0 6-11, predict1 12-17, stats 18-23, anchor 24-29, export 30
+    # (x_T is computed by step 0's sweeps: no init sweep); commits cover several tasks (pipeline.CommitPolicy)
+    points = ["3:mid-write", "4:queued", "8:queued", "10:before-commit", "11:mid-commit", "14:mid-write",
+              "15:queued", "20:before-commit", "21:mid-commit", "25:mid-write", "30:before-commit"]
     job, out = tmp_path / "job", tmp_path / "out.png"
     first = run_sub("upscale", work / "in.png", "-o", out, "--job", job, *args, STREAMSR_TEST_KILL=points[0])
     assert first.returncode == -signal.SIGKILL, first.stderr

@@ -60,9 +60,11 @@ def test_manifest_of_version_0_1_loads_with_defaults():
     assert (task.kind, task.step, task.batch.index) == (TaskKind.PREDICT, 1, 2)
     assert m.moments == AnchorMoments.empty() and m.plan.batch == (2, 2)
     # the same keys as the version that wrote it (plus the fields added since)
-    assert set(m.to_json()) == set(raw)
+    assert m.init_sweep is True  # its task list keeps the init sweep it was made with
+    assert set(m.to_json()) == set(raw) | {"init_sweep"}
     assert set(m.to_json()["job"]) == set(raw["job"]) | {"noise_init"}
-    assert {k: v for k, v in m.to_json().items() if k != "job"} == {k: v for k, v in raw.items() if k != "job"}
+    assert ({k: v for k, v in m.to_json().items() if k not in ("job", "init_sweep")}
+            == {k: v for k, v in raw.items() if k != "job"})
 
 
 def test_commit_returns_the_new_manifest_and_leaves_the_old_one_alone(tmp_path):
@@ -124,8 +126,8 @@ def test_only_denoiser_tasks_are_replayed(tmp_path):
     tasks = m.tasks()
     for kind in (TaskKind.INIT, TaskKind.ANCHOR, TaskKind.EXPORT):
         with pytest.raises(ValueError, match="replayed"):
-            sweeps.replay(tasks[tasks.first(kind)])
+            sweeps.replay(tasks[tasks.first(kind)], None)
     with pytest.raises(ValueError, match="not a model task"):
-        sweeps.run(tasks[tasks.first(TaskKind.ANCHOR)])
+        sweeps.compute(tasks[tasks.first(TaskKind.ANCHOR)], None)
     sweeps.replay(tasks[tasks.first(TaskKind.PREDICT)])  # recomputes, writes nothing
     assert not store.array("state1")[...].any() and not store.array("pred")[...].any()

@@ -154,6 +154,7 @@ def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, mo
         geometry=geo,
         sigmas=tuple(float(s) for s in karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)),
         total_tasks=0,
+        init_sweep=False,  # step 0's sweeps compute x_T (planner.job_tasks)
     )
     manifest = replace(manifest, total_tasks=len(manifest.tasks()))
     store = JobStore.create(where, manifest)

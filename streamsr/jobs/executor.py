@@ -40,7 +40,8 @@ class TaskInputs:
     """What a model task reads, on the host: each (1, 3, h, w) float32 over the task's box.
 
     up: the upsampled LR; windows: the LR windows of the batch's blocks (None for init); x: the denoiser's
-    input (x_i for predict, the Euler prediction for correct); state, deriv: x_i and d_i (correct only).
+    input (x_i for predict, the Euler prediction for correct; x_T for init); state, deriv: x_i and d_i
+    (correct only). x_0 = x_T is computed here, not read, in jobs without an init sweep.
     """
 
     up: torch.Tensor
@@ -65,6 +66,7 @@ class SweepExecutor:
         self.spill = store.dir.frontier
         self.kernel = get_kernel(self.job.backend)
         self.sigmas = m.sigmas
+        self.init_sweep = m.init_sweep
         self.bs = m.geometry.block_size
         self.grid = m.geometry.grid
         self.shape = m.batch_shape
@@ -87,13 +89,18 @@ class SweepExecutor:
             region = LRRegion.around(CachedArray(reader, "lr"), box, self.model.cfg)  # one read of the LR halo
             up = upsample_region(region, box)  # (1, 3, h, w)
             windows = None if task.kind is TaskKind.INIT else lr_windows(region, task.batch.blocks(), self.model.cfg)
+        def state(step: int) -> torch.Tensor:  # x_step: (1, 3, h, w)
+            if step == 0 and (task.kind is TaskKind.INIT or not self.init_sweep):
+                return self._initial_state(task, up)
+            return read(state_array(step))
+
         with timers("read"):
             if task.kind is TaskKind.INIT:
-                return TaskInputs(up)
+                return TaskInputs(up, x=state(0))
             if task.kind is TaskKind.PREDICT:
-                return TaskInputs(up, windows, x=read(state_array(task.step)))
+                return TaskInputs(up, windows, x=state(task.step))
             if task.kind is TaskKind.CORRECT:
-                return TaskInputs(up, windows, x=read("pred"), state=read(state_array(task.step)), deriv=read("deriv"))
+                return TaskInputs(up, windows, x=read("pred"), state=state(task.step), deriv=read("deriv"))
         raise ValueError(f"{task.kind} is not a model task")
 
     # ---- the two ways to run a task -------------------------------------------------------------
@@ -151,17 +158,20 @@ class SweepExecutor:
         self.timers.model_blocks += batch.rows * batch.cols
         return blocks_to_image(d, Grid(batch.rows, batch.cols))  # (1, 3, h, w)
 
-    # ---- the task kinds -------------------------------------------------------------------------
-    def _init(self, task: Task, box: Box, inputs: TaskInputs) -> list[BlockWrite]:
-        """x_T = up(LR) + sigma_max * eps, eps drawn per block from (seed, block); x_T = up(LR) when the
-        job's noise_init is off."""
+    def _initial_state(self, task: Task, up: torch.Tensor) -> torch.Tensor:
+        """x_T over the task's batch: up(LR) + sigma_max * eps, eps drawn per block from (seed, block);
+        x_T = up(LR) when the job's noise_init is off. (1, 3, h, w)"""
         if not self.job.noise_init:
-            return [BlockWrite(state_array(0), box, inputs.up)]
+            return up
         batch = task.batch
         eps = torch.stack([block_noise(self.job.seed, blk, (1, 3, self.bs, self.bs))
                            for blk in batch.blocks()], dim=1)  # (1, N, 3, bs, bs)
-        x = lr_noise_init(inputs.up, blocks_to_image(eps, Grid(batch.rows, batch.cols)), self.sigmas[0])  # (1, 3, h, w)
-        return [BlockWrite(state_array(0), box, x)]
+        return lr_noise_init(up, blocks_to_image(eps, Grid(batch.rows, batch.cols)), self.sigmas[0])  # (1, 3, h, w)
+
+    # ---- the task kinds -------------------------------------------------------------------------
+    def _init(self, task: Task, box: Box, inputs: TaskInputs) -> list[BlockWrite]:
+        """The init sweep of job dirs made before x_T was computed in place: write x_T."""
+        return [BlockWrite(state_array(0), box, inputs.x)]
 
     def _predict(self, task: Task, box: Box, inputs: TaskInputs) -> list[BlockWrite]:
         """Euler step from x_i; with Heun (EDM algorithm 2) a correct sweep follows unless sigma_{i+1} = 0."""

@@ -166,6 +166,12 @@ class AnchorMoments:
         return cls(Moments.from_json(data.get("out", empty)), Moments.from_json(data.get("ref", empty)))
 
 
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything a job dir records besides its arrays; job.json holds `to_json()`."""
@@ -186,6 +192,7 @@ class Manifest:
     seconds: Mapping[str, float] = field(default_factory=dict)  # time spent per category (model, read, write, total)
     model_blocks_done: int = 0  # block evaluations of the denoiser committed so far
     updated: str | None = None  # ISO time of the last commit while running
+    init_sweep: bool = True  # x_T written by an init sweep (earlier versions) or computed by step 0's sweeps
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", JobStatus(self.status))
@@ -201,7 +208,7 @@ class Manifest:
     def tasks(self) -> TaskList:
         """The job's task list (planner.job_tasks) for its grid, batch shape, sampler and anchoring."""
         return job_tasks(self.geometry.grid, self.batch_shape, steps=self.job.steps, sampler=self.job.sampler,
-                         anchor=self.job.anchor)
+                         anchor=self.job.anchor, init_sweep=self.init_sweep)
 
     # ---- JSON -------------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -221,6 +228,7 @@ class Manifest:
             "seconds": dict(self.seconds),
             "model_blocks_done": self.model_blocks_done,
             "total_tasks": self.total_tasks,
+            "init_sweep": self.init_sweep,
         }
         if self.plan is not None:
             data["plan"] = self.plan.to_json()
@@ -252,4 +260,5 @@ class Manifest:
             seconds={str(k): float(v) for k, v in data.get("seconds", {}).items()},
             model_blocks_done=int(data.get("model_blocks_done", 0)),
             updated=data.get("updated"),
+            init_sweep=_flag(data.get("init_sweep", True), "init_sweep"),
         )

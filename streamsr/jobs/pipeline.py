@@ -20,6 +20,7 @@ SIGKILL at any moment therefore resumes bit-identically (tests/test_job.py kills
 from __future__ import annotations
 
 import ctypes
+import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +37,9 @@ from .store import JobStore
 if TYPE_CHECKING:
     from .executor import SweepExecutor
     from .finalize import Finalizer
+
+
+SWITCH_INTERVAL = 0.0005  # seconds; Python's default 0.005 lets a busy compute thread starve the I/O thread
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ class TaskPipeline:
         self._committed = manifest
         self._last_commit = time.monotonic()
         io = IOThread()
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)  # the I/O thread gets the GIL sooner when it has work
         queued: deque[Future] = deque()
         ahead: tuple[int, Future] | None = None
         moments = manifest.moments
@@ -166,6 +172,7 @@ class TaskPipeline:
             self._drain(queued)
         finally:
             io.shutdown()
+            sys.setswitchinterval(switch)
         return self._committed
 
     def _steps(self) -> int:

@@ -326,9 +326,14 @@ class TaskList:
         return sweeps * self.batches.grid.rows * self.batches.grid.cols
 
 
-def job_tasks(grid: Grid, shape: BatchShape, steps: int, sampler: str, anchor: str) -> TaskList:
-    """The task list of a job: init, the sampler's sweeps, stats (global anchoring), anchor, export."""
-    sweeps = [Sweep(TaskKind.INIT), *sampler_stages(steps, sampler)]
+def job_tasks(grid: Grid, shape: BatchShape, steps: int, sampler: str, anchor: str, *,
+              init_sweep: bool = True) -> TaskList:
+    """The task list of a job: init, the sampler's sweeps, stats (global anchoring), anchor, export.
+
+    Without `init_sweep` there is no init sweep: x_T is a pure function of the LR, the seed and the block,
+    so the sweeps of step 0 compute it where they need it instead of reading it back from the store (jobs
+    made by streamsr >= 0.3; the job dirs of earlier versions keep their init sweep)."""
+    sweeps = [*([Sweep(TaskKind.INIT)] if init_sweep else []), *sampler_stages(steps, sampler)]
     if anchor == "global":
         sweeps.append(Sweep(TaskKind.STATS))
     sweeps.append(Sweep(TaskKind.ANCHOR))
