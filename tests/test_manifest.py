@@ -129,5 +129,8 @@ def test_only_denoiser_tasks_are_replayed(tmp_path):
             sweeps.replay(tasks[tasks.first(kind)], None)
     with pytest.raises(ValueError, match="not a model task"):
         sweeps.compute(tasks[tasks.first(TaskKind.ANCHOR)], None)
-    sweeps.replay(tasks[tasks.first(TaskKind.PREDICT)])  # recomputes, writes nothing
+    from streamsr.jobs.shards import ShardReader
+
+    first = tasks[tasks.first(TaskKind.PREDICT)]
+    sweeps.replay(first, sweeps.inputs(first, ShardReader(store), Timers()))  # recomputes, writes nothing
     assert not store.array("state1")[...].any() and not store.array("pred")[...].any()
