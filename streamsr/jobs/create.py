@@ -17,11 +17,12 @@ import torch
 from ..config import JobConfig, ModelConfig
 from ..core.sampler import karras_sigmas
 from ..errors import BadInput
+from ..stream.memory import LR_SHARD_BLOCKS
 from ..weights import model_hash, read_model_config
 from .manifest import Geometry, InputInfo, JobStatus, Manifest, MemoryPlan, ModelRef, OutputRef
 from .store import CroppedView, JobDir, JobError, JobStore
 
-BAND_BLOCKS = 8  # LR blocks per ingest band
+BAND_BLOCKS = LR_SHARD_BLOCKS[0]  # LR blocks per ingest band: whole rows of the lr shards
 CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 
@@ -62,7 +63,7 @@ def _reflect_cols(band: np.ndarray, width: int) -> np.ndarray:
 def ingest(store: JobStore, source: LRInput) -> None:
     """Write the LR (and alpha) into the store by bands, padded right and bottom by reflection. Each band
     is written in one call and the last one with its bottom padding, so every write covers whole rows of
-    the arrays' shards (store.LR_SHARD_BLOCKS): no shard is rewritten."""
+    the arrays' shards (memory.LR_SHARD_BLOCKS): no shard is rewritten."""
     geo = store.geometry
     lh, lw = geo.lr_padded
     lr, alpha = store.array("lr"), (store.array("alpha") if "A" in source.info.mode else None)

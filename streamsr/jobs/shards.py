@@ -119,9 +119,10 @@ class ShardReader:
     are cached: the runner calls `forget()` at every sweep end, and the writer's arrays of a sweep are never
     its reads (executor.py). Arrays without shards are read directly."""
 
-    def __init__(self, store: JobStore, *, keep: int = 4):
+    def __init__(self, store: JobStore, *, keep: int = 1, keep_lr: int = 4):
         self.store = store
-        self.keep = keep  # shards kept per array (the oldest is dropped first)
+        self.keep = keep  # shards kept per state array (batches are shard-aligned: a task reads one)
+        self.keep_lr = keep_lr  # shards kept of the lr and alpha arrays (a batch's LR halo spans up to 4)
         self._cache: dict[str, dict[tuple[int, int], tuple[tuple[int, int], np.ndarray]]] = {}
 
     def forget(self) -> None:
@@ -148,7 +149,7 @@ class ShardReader:
         if hit is None:
             oy, ox = sy * sh, sx * sw
             hit = ((oy, ox), np.asarray(array[:, :, oy:oy + sh, ox:ox + sw]))
-            while len(cache) >= self.keep:
+            while len(cache) >= (self.keep_lr if name in ("lr", "alpha") else self.keep):
                 cache.pop(next(iter(cache)))
         cache[(sy, sx)] = hit  # most recent last
         return hit

@@ -30,6 +30,7 @@ import torch
 import zarr
 
 from ..errors import StreamsrError
+from ..stream.memory import LR_SHARD_BLOCKS, SHARD_BYTES
 from ..stream.planner import BatchShape
 from .faults import kill_point_in
 from .manifest import FORMAT, Geometry, Manifest
@@ -43,15 +44,13 @@ STAGES = ("stage1", "stage2")
 STATE_ARRAYS = ("state0", "state1", "pred", "deriv")
 
 
-SHARD_TARGET_BYTES = 8 * 2 ** 20  # about this much per state shard: few files, bounded buffers
-LR_SHARD_BLOCKS = (8, 64)  # LR blocks per shard of the lr and alpha arrays (rows = create.BAND_BLOCKS)
 
 
 def shard_grid(*, block_bytes: int, batch: BatchShape, grid_cols: int) -> tuple[int, int]:
     """Blocks per shard (rows, cols): the batch's rows, and a whole number of batch widths of about
-    SHARD_TARGET_BYTES in all (at least one batch, at most the grid's width rounded up to a batch)."""
+    SHARD_BYTES in all (at least one batch, at most the grid's width rounded up to a batch)."""
     per_batch = block_bytes * batch.rows * batch.cols
-    widths = max(1, SHARD_TARGET_BYTES // max(per_batch, 1))
+    widths = max(1, SHARD_BYTES // max(per_batch, 1))
     widths = min(widths, math.ceil(grid_cols / batch.cols))
     return batch.rows, widths * batch.cols
 

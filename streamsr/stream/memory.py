@@ -110,11 +110,20 @@ def activation_bytes(cfg: ModelConfig, blocks: int, reads: int, itemsize: int,
     return int(ACTIVATION_MARGIN * (resident + max(attention, cross, mlp, conv)))
 
 
+SHARD_BYTES = 8 * 2 ** 20  # a job's state shard holds about this much, or one batch if that is more
+LR_SHARD_BLOCKS = (8, 64)  # LR blocks (rows, cols) per shard of a job's lr and alpha arrays
+
+
 def io_bytes(cfg: ModelConfig, blocks: int) -> int:
-    """Host buffers of one batch's store I/O: state regions read and written, the LR halo, f32."""
+    """Host buffers of a job's overlapped store I/O (jobs/pipeline.py), f32: the inputs of the batch being
+    computed and of the next one (up, x, x_i, d_i each), the writes of the batch and of the 2 queued behind
+    it (2 arrays each), the sampler step's temporaries, the writer's 2 open shards, the reader's cached
+    shard of each of 3 state arrays and 4 of the LR, and the LR halo."""
     px = blocks * 3 * cfg.block_size ** 2 * F32
+    shard = max(px, SHARD_BYTES)
+    lr_shard = 3 * LR_SHARD_BLOCKS[0] * LR_SHARD_BLOCKS[1] * cfg.lr_block_size ** 2 * F32
     halo = 3 * (cfg.lr_block_size * int(math.sqrt(blocks)) + 8) ** 2 * F32 * 4
-    return 5 * px + halo
+    return (2 * 4 + 3 * 2 + 3) * px + (2 + 3) * shard + 4 * lr_shard + halo
 
 
 @dataclass(frozen=True)
