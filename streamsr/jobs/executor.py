@@ -64,7 +64,7 @@ class SweepExecutor:
         self.device = device
         self.timers = timers
         self.spill = store.dir.frontier
-        self.kernel = get_kernel(self.job.backend)
+        self.kernel = get_kernel(self.job.backend, device, model.dtype)  # xformers: checked here, once
         self.sigmas = m.sigmas
         self.init_sweep = m.init_sweep
         self.bs = m.geometry.block_size

@@ -62,7 +62,8 @@ def denoise_batch(model: InfDiT, x: torch.Tensor, up: torch.Tensor, *, sigma: to
     pre = Preconditioning.at(sigma, model)
     frontier.prefetch(plan.reads)  # host/disk placements: every layer of the reads onto the device
     ctx = model.context(emb, windows.pixels, windows.inside, blocks=blocks, kernel=kernel)
-    gather = pool_gather(frontier, plan.reads, torch.tensor(plan.slots, device=x.device))
+    slots = torch.tensor(plan.slots).to(x.device, non_blocking=True)  # (N, 4); no sync on CUDA
+    gather = pool_gather(frontier, plan.reads, slots)
     inp = pre.network_input(x, up).to(model.dtype)  # (B, N, 6, bs, bs), held to the end as in denoise_full
     h = model.embed_tokens(inp)  # (B, N, T, C)
     for layer in range(model.cfg.layers):
