@@ -53,12 +53,22 @@ def default_vram(device: str) -> int:
     return int(free) + CUDA_CONTEXT_BYTES
 
 
+def resolve_device(device: str) -> str:
+    """--device auto: cuda when torch sees a CUDA device, else cpu; other values as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def job_config(args: argparse.Namespace):
     """JobConfig from: the flags given, else the model dir's recommended settings, else the defaults."""
     from .config import ConfigError, JobConfig
     from .jobs.create import resolve_model_dir
     from .weights import model_defaults
 
+    args.device = resolve_device(args.device)
     settings = model_defaults(resolve_model_dir(args.model), getattr(args, "mode", None))
     for name in ("steps", "sampler", "anchor", "sigma_min", "sigma_max", "noise_init"):
         if getattr(args, name, None) is not None:
@@ -83,13 +93,45 @@ def check_backend_runs(args: argparse.Namespace) -> None:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from .jobs.flows import upscale
+    from .jobs.batch import is_batch_request
+    from .jobs.flows import check_device, upscale
 
+    if is_batch_request(args.input, args.output):
+        return cmd_upscale_batch(args)
+    args.device = resolve_device(args.device)
+    check_device(args.device)
     check_backend_runs(args)
-    upscale(args.input, args.output, model_dir=args.model, job_dir=args.job, cfg=job_config(args), scale=args.scale,
+    upscale(args.input[0], args.output, model_dir=args.model, job_dir=args.job, cfg=job_config(args), scale=args.scale,
             keep_job=args.keep_job, progress=not args.quiet, auto_batch=args.batch is None,
             auto_placement=args.frontier is None)
     return EXIT_OK
+
+
+def cmd_upscale_batch(args: argparse.Namespace) -> int:
+    """Several files, a folder or a glob into the folder -o: one job per image, a summary, exit 1 if any failed."""
+    from .jobs.batch import upscale_batch
+    from .jobs.flows import check_device, logger
+
+    args.device = resolve_device(args.device)
+    check_device(args.device)
+    check_backend_runs(args)
+    batch = upscale_batch(args.input, args.output, model_dir=args.model, batch_dir=args.job, cfg=job_config(args),
+                          scale=args.scale, recursive=args.recursive, suffix="." + args.format,
+                          overwrite=args.overwrite, keep_job=args.keep_job, progress=not args.quiet,
+                          auto_batch=args.batch is None, auto_placement=args.frontier is None,
+                          log=logger(not args.quiet))
+    return finish_batch_command(batch, quiet=args.quiet)
+
+
+def finish_batch_command(batch, *, quiet: bool) -> int:
+    """Print the batch summary (failures even with -q); exit 1 when an image failed."""
+    from .jobs.batch import summary_lines
+
+    lines = summary_lines(batch)
+    failed = batch.counts()["failed"]
+    for line in (lines[1:] if quiet else lines):
+        print(f"streamsr: {line}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def parse_size_arg(text: str) -> int:
@@ -115,8 +157,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import torch
 
     from .jobs.create import plan_memory, resolve_model_dir
-    from .jobs.flows import plan_lines
+    from .jobs.flows import plan_lines, store_bytes
     from .jobs.manifest import Geometry
+    from .stream.memory import format_bytes
     from .weights import read_model_config
 
     mcfg = read_model_config(resolve_model_dir(args.model))
@@ -139,11 +182,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"{args.dtype} on {torch.device(args.device).type}")
     for line in plan_lines(plan, cfg):
         print(line)
+    channels, depth, alpha = (info.channels, info.bit_depth, "A" in info.mode) if args.input else (3, 8, False)
+    disk = store_bytes(geo, channels=channels, bit_depth=depth, alpha=alpha, vector_dim=mcfg.vector_dim)
+    print(f"store:    job dir {format_bytes(disk)} on disk ({disk / (h * w):.0f} bytes per output pixel; "
+          "plus the frontier's disk spill above)")
     return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .jobs.flows import resume
+    from .jobs.batch import is_batch_dir, resume_batch
+    from .jobs.flows import logger, resume
+
+    if is_batch_dir(args.job):
+        return finish_batch_command(resume_batch(args.job, progress=not args.quiet, log=logger(not args.quiet)),
+                                    quiet=args.quiet)
 
     resume(args.job, model_dir=args.model, progress=not args.quiet)
     return EXIT_OK
@@ -152,6 +204,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from .jobs.flows import status_lines
 
+    if args.json:
+        import json
+
+        from .jobs.run import job_status
+        from .jobs.store import JobDir
+
+        jd = JobDir.of(args.job)
+        data = ({"chain": str(jd.root), "stages": [job_status(d) for d in (jd.stage(1), jd.stage(2)) if d.is_job()]}
+                if jd.is_chain() else job_status(jd))
+        print(json.dumps(data, indent=1))
+        return EXIT_OK
     for line in status_lines(args.job):
         print(line)
     return EXIT_OK
@@ -182,7 +245,7 @@ def add_plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ram", type=parse_size_arg, default=None, metavar="SIZE", help="host memory budget, e.g. 16GiB")
     p.add_argument("--frontier", choices=("device", "host", "disk"), default=None,
                    help="where the K/V frontier lives (default: chosen by the memory planner)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (the default: cuda when usable, else cpu), cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--backend", choices=("sdpa", "reference", "xformers"), default="sdpa",
                    help="attention kernel (default sdpa)")
@@ -202,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "keys are an error; known unused keys are reported.")
     conv.add_argument("src", help="mp_rank_00_model_states.pt or a .safetensors file")
     conv.add_argument("-o", "--output", required=True, help="model dir to write")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"streamsr {__version__}")
     conv.add_argument("--rope-table", type=int, default=None,
                       help="RoPE table size when the checkpoint stores no RoPE buffers (default 1024)")
     conv.add_argument("--fixed-k-norm", action="store_true",
@@ -210,12 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("upscale", help="upscale an image x4 (or x16 by chaining two jobs)",
                         description="Upscale INPUT (PNG, JPEG or TIFF; 8/16-bit; grey, RGB, RGBA) into OUTPUT "
-                                    "(.png written by rows, or .tif/.tiff tiled BigTIFF). The job state lives "
-                                    "in a job dir: kill the process at any time and run `streamsr resume JOB`.")
-    up.add_argument("input", help="LR image")
-    up.add_argument("-o", "--output", required=True, help="output image (.png, .tif, .tiff)")
+                                    "(.png written by rows, .tif/.tiff tiled pyramidal BigTIFF, .zarr OME-Zarr, "
+                                    ".dzi DeepZoom). The job state lives in a job dir: kill the process at any time "
+                                    "and run `streamsr resume JOB`. Several files, a folder or a glob go into the "
+                                    "folder -o DIR, one job per image under a batch dir (`streamsr resume BATCHDIR` "
+                                    "continues it); a summary ends the run, exit 1 if an image failed.")
+    up.add_argument("input", nargs="+", help="LR image(s), folder(s) or glob(s) such as 'photos/*.jpg'")
+    up.add_argument("-o", "--output", required=True,
+                    help="output image (.png, .tif, .tiff, .zarr, .dzi), or a folder for several inputs")
+    up.add_argument("-r", "--recursive", action="store_true", help="folders: include their subfolders")
+    up.add_argument("--overwrite", action="store_true", help="folders: redo images whose output exists")
+    up.add_argument("--format", choices=("png", "tif", "zarr", "dzi"), default="png",
+                    help="folders: the outputs' format (default png); names follow the inputs'")
     up.add_argument("--model", help="model dir (default: the model shipped with streamsr)")
-    up.add_argument("--job", help="job dir (default: a temporary one beside the output, removed on success)")
+    up.add_argument("--job", help="job dir (default: a temporary one beside the output, removed on success); for "
+                                  "several inputs the batch dir (default OUTDIR/.streamsr-batch)")
     up.add_argument("--keep-job", action="store_true", help="keep the temporary job dir after success")
     up.add_argument("--scale", type=int, default=4, help="4 (native) or 16 (two chained x4 jobs)")
     up.add_argument("--mode", choices=MODES, default=None,
@@ -241,10 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     up.set_defaults(func=cmd_upscale)
 
-    res = sub.add_parser("resume", help="resume a stopped or killed job",
+    res = sub.add_parser("resume", help="resume a stopped or killed job or batch",
                          description="Resume JOB where it stopped; the output is bit-identical to an "
-                                     "uninterrupted run.")
-    res.add_argument("job", help="job dir")
+                                     "uninterrupted run. A batch dir continues with its pending and failed images.")
+    res.add_argument("job", help="job dir or batch dir")
     res.add_argument("--model", help="the job's model dir, if it moved (must be the same model)")
     res.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     res.set_defaults(func=cmd_resume)
@@ -301,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         print("streamsr: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
         print("streamsr: error: out of memory", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:  # a full disk, a vanished file: the job itself stays resumable

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import JobConfig
+from ..config import SEED_MAX, JobConfig
 from ..errors import BadInput
 from ..stream.memory import format_bytes
 from .create import LRInput, check_same_job, create_job, file_source, resolve_model_dir
@@ -33,6 +33,37 @@ def log(message: str) -> None:
 
 
 def prepare_job_dir(job_dir: JobDir) -> None:
+def quiet_log(message: str) -> None:
+    """`log` for -q: nothing."""
+
+
+def logger(progress: bool):
+    """What the flows print with: `log`, or nothing when progress output is off (-q)."""
+    return log if progress else quiet_log
+
+
+TEMP_JOB_PREFIX = ".streamsr-job-"  # a job dir made by `upscale` without --job, removed once the job is done
+
+
+def check_device(device: str) -> None:
+    """Before any job dir exists: a CUDA device must be usable (BadInput otherwise, nothing left behind)."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise BadInput(f"--device {device} was asked for but torch sees no CUDA device (use --device auto or cpu)")
+
+
+def held_elsewhere(job_dir: JobDir) -> bool:
+    """Whether another process holds the job's lock now."""
+    if not job_dir.lock.exists():
+        return False
+    try:
+        with job_lock(job_dir):
+            return False
+    except JobError:
+        return True
+
+
     """A job dir is new, a complete job, or an incomplete creation (store but no manifest) to redo."""
     root = job_dir.root
     if root.exists() and not root.is_dir():
@@ -51,6 +82,7 @@ def run_stage(job_dir: JobDir, source: LRInput, *, output: Path | None, model_di
               progress: bool, stage: str = "x4", auto: tuple[bool, bool] = (False, False)) -> None:
     """Create the stage's job if needed (or check that the existing one matches), then run it."""
     prepare_job_dir(job_dir)
+    log = logger(progress)
     with job_lock(job_dir):
         if job_dir.is_job():
             manifest = read_manifest(job_dir)
@@ -118,7 +150,7 @@ def run_chain(job_dir: JobDir, *, progress: bool) -> None:
     if not first.is_job() or read_manifest(first).status is not JobStatus.DONE:
         run_stage(first, file_source(Path(chain.input)), output=None, model_dir=model_dir, cfg=chain.job,
                   progress=progress, stage="x16 stage 1/2", auto=chain.auto)
-    cfg2 = replace(chain.job, seed=chain.job.seed + 1)  # fresh noise for the second stage
+    cfg2 = replace(chain.job, seed=(chain.job.seed + 1) % (SEED_MAX + 1))  # fresh noise for the second stage
     run_stage(second, store_source(first), output=Path(chain.output), model_dir=model_dir, cfg=cfg2,
               progress=progress, stage="x16 stage 2/2", auto=chain.auto)
 
@@ -153,9 +185,13 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
     if not input_path.exists():
         raise BadInput(f"input {input_path} does not exist")
     check_export_path(output)
+    if input_path.resolve() == output:
+        raise BadInput(f"output {output} is the input; choose another output name")
     model_dir = resolve_model_dir(model_dir)
+    check_device(cfg.device)
+    log = logger(progress)
     temporary = job_dir is None
-    jd = JobDir(Path(tempfile.mkdtemp(prefix=".streamsr-job-", dir=output.parent)) if temporary
+    jd = JobDir(Path(tempfile.mkdtemp(prefix=TEMP_JOB_PREFIX, dir=output.parent)) if temporary
                 else Path(job_dir).resolve())
     auto = (auto_batch, auto_placement)
     try:
@@ -168,6 +204,8 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
     except (Interrupted, JobError, OSError, MemoryError, KeyboardInterrupt) as exc:
         kept = jd.is_job() or jd.is_chain()
         if kept and not isinstance(exc, Interrupted):
+        if kept and held_elsewhere(jd):
+            raise
             log(f"the job is kept in {jd.root}; resume it with: streamsr resume {jd.root}")
         elif not kept and temporary:
             shutil.rmtree(jd.root, ignore_errors=True)
@@ -186,14 +224,20 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
 
 def resume(job_dir, *, model_dir=None, progress: bool = True) -> None:
     jd = JobDir(Path(job_dir).resolve())
+    """Run a job (x4 or x16) to the end; a temporary job dir (made without --job) is removed once done."""
     try:
+    log = logger(progress)
         if jd.is_chain():
             run_chain(jd, progress=progress)
         else:
             run_job(jd, model_dir=Path(model_dir) if model_dir else None, progress=progress, log=log)
     except KeyboardInterrupt:  # before the run loop took over Ctrl-C (loading, replaying)
         raise Interrupted(f"interrupted; resume with: streamsr resume {jd.root}") from None
-    log(f"job {jd.root} is done")
+    if jd.root.name.startswith(TEMP_JOB_PREFIX):
+        remove_job_dir(jd) if jd.is_job() else shutil.rmtree(jd.root)
+        log(f"job {jd.root} is done; its temporary job dir is removed")
+    else:
+        log(f"job {jd.root} is done")
 
 
 def status_lines(job_dir) -> list[str]:
@@ -212,7 +256,7 @@ def status_lines(job_dir) -> list[str]:
     return [
         f"job:      {jd.root} ({m.stage})",
         f"status:   {m.status}, task {m.cursor}/{m.total_tasks}, model blocks "
-        f"{m.model_blocks_done}/{report.model_blocks_total}, ETA {format_seconds(eta) if eta is not None else '?'}",
+        f"{m.model_blocks_done}/{report.model_blocks_total}, ETA {eta_text(eta, m.total_tasks - m.cursor)}",
         f"time:     {format_seconds(secs.get('total', 0.0))} ({split})" if secs else "time:     not started",
         f"input:    {info.path} ({info.width}x{info.height} {info.mode} {info.bit_depth}-bit)",
         f"output:   {m.output.path} ({out_w}x{out_h})",
@@ -224,6 +268,24 @@ def status_lines(job_dir) -> list[str]:
 
 
 def plan_lines(plan: MemoryPlan | None, job: JobConfig) -> list[str]:
+def eta_text(eta: float | None, tasks_left: int) -> str:
+    """The ETA for people; once the model is done, the finishing passes (stats, anchor, export) that remain."""
+    if eta is not None and eta <= 0 and tasks_left > 0:
+        return f"finishing ({tasks_left} task(s) left: statistics, anchoring, export)"
+    return format_seconds(eta) if eta is not None else "?"
+
+
+def store_bytes(geo, *, channels: int, bit_depth: int, alpha: bool, vector_dim: int = 0) -> int:
+    """Disk bytes of a job's store (jobs/store.py): the float32 (1, 3, H, W) state arrays at the output's padded
+    size (STATE_ARRAYS), the float32 LR (and alpha), and the output array; about 50 bytes per output pixel."""
+    from .store import STATE_ARRAYS
+
+    hh, hw = geo.hr_padded
+    lh, lw = geo.lr_padded
+    return (len(STATE_ARRAYS) * 3 * hh * hw * 4 + (3 + alpha) * lh * lw * 4 + vector_dim * 4
+            + hh * hw * channels * (2 if bit_depth == 16 else 1))
+
+
     """The memory plan as printed by `plan` and `status`."""
     if not plan:
         return []

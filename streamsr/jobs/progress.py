@@ -73,8 +73,10 @@ class ProgressBar:
         rate = self.session_blocks / elapsed if elapsed > 0 else 0.0
         eta = eta_seconds(self.total_blocks - blocks_done, self.session_blocks, seconds=elapsed)
         pct = 100.0 * tasks_done / max(self.total_tasks, 1)
-        line = (f"{label:<18} {pct:5.1f}%  tasks {tasks_done}/{self.total_tasks}  {rate:6.2f} blocks/s  "
-                f"ETA {format_seconds(eta) if eta is not None else '?'}")
+        when = format_seconds(eta) if eta is not None else "?"
+        if blocks_done >= self.total_blocks and tasks_done < self.total_tasks:  # stats, anchor, export remain
+            when = f"finishing, {self.total_tasks - tasks_done} task(s) left"
+        line = f"{label:<18} {pct:5.1f}%  tasks {tasks_done}/{self.total_tasks}  {rate:6.2f} blocks/s  ETA {when}"
         if self.tty:
             self.stream.write("\r" + line + "\033[K")
         else:
