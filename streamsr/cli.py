@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="streamsr",
         description="Inf-DiT-style block-streaming diffusion upsampler (x4) inside a fixed memory budget.",
         epilog="Exit codes: 0 done, 1 failed, 2 bad input or usage, 130 interrupted.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"streamsr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     conv = sub.add_parser("convert-infdit", help="convert an official Inf-DiT checkpoint into a model dir",
@@ -265,9 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
                                       "keys are an error; known unused keys are reported.")
     conv.add_argument("src", help="mp_rank_00_model_states.pt or a .safetensors file")
     conv.add_argument("-o", "--output", required=True, help="model dir to write")
-    from . import __version__
-
-    parser.add_argument("--version", action="version", version=f"streamsr {__version__}")
     conv.add_argument("--rope-table", type=int, default=None,
                       help="RoPE table size when the checkpoint stores no RoPE buffers (default 1024)")
     conv.add_argument("--fixed-k-norm", action="store_true",
@@ -360,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="progress, ETA, settings and memory plan of a job")
     st.add_argument("job", help="job dir")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
     st.set_defaults(func=cmd_status)
     return parser
 
@@ -376,7 +377,6 @@ def main(argv: list[str] | None = None) -> int:
         print("streamsr: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MemoryError:
-    st.add_argument("--json", action="store_true", help="print the status as JSON")
         print("streamsr: error: out of memory", file=sys.stderr)
         return EXIT_FAILED
     except OSError as exc:  # a full disk, a vanished file: the job itself stays resumable

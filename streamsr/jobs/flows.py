@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import SEED_MAX, JobConfig
+from ..config import JobConfig
 from ..errors import BadInput
 from ..stream.memory import format_bytes
 from .create import LRInput, check_same_job, create_job, file_source, resolve_model_dir
@@ -32,7 +32,6 @@ def log(message: str) -> None:
     print(f"streamsr: {message}", file=sys.stderr, flush=True)
 
 
-def prepare_job_dir(job_dir: JobDir) -> None:
 def quiet_log(message: str) -> None:
     """`log` for -q: nothing."""
 
@@ -64,6 +63,7 @@ def held_elsewhere(job_dir: JobDir) -> bool:
         return True
 
 
+def prepare_job_dir(job_dir: JobDir) -> None:
     """A job dir is new, a complete job, or an incomplete creation (store but no manifest) to redo."""
     root = job_dir.root
     if root.exists() and not root.is_dir():
@@ -81,8 +81,8 @@ def held_elsewhere(job_dir: JobDir) -> bool:
 def run_stage(job_dir: JobDir, source: LRInput, *, output: Path | None, model_dir: Path, cfg: JobConfig,
               progress: bool, stage: str = "x4", auto: tuple[bool, bool] = (False, False)) -> None:
     """Create the stage's job if needed (or check that the existing one matches), then run it."""
-    prepare_job_dir(job_dir)
     log = logger(progress)
+    prepare_job_dir(job_dir)
     with job_lock(job_dir):
         if job_dir.is_job():
             manifest = read_manifest(job_dir)
@@ -150,7 +150,7 @@ def run_chain(job_dir: JobDir, *, progress: bool) -> None:
     if not first.is_job() or read_manifest(first).status is not JobStatus.DONE:
         run_stage(first, file_source(Path(chain.input)), output=None, model_dir=model_dir, cfg=chain.job,
                   progress=progress, stage="x16 stage 1/2", auto=chain.auto)
-    cfg2 = replace(chain.job, seed=(chain.job.seed + 1) % (SEED_MAX + 1))  # fresh noise for the second stage
+    cfg2 = replace(chain.job, seed=chain.job.seed + 1)  # fresh noise for the second stage
     run_stage(second, store_source(first), output=Path(chain.output), model_dir=model_dir, cfg=cfg2,
               progress=progress, stage="x16 stage 2/2", auto=chain.auto)
 
@@ -184,12 +184,12 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
     input_path, output = Path(input_path), Path(output).resolve()
     if not input_path.exists():
         raise BadInput(f"input {input_path} does not exist")
-    check_export_path(output)
     if input_path.resolve() == output:
         raise BadInput(f"output {output} is the input; choose another output name")
-    model_dir = resolve_model_dir(model_dir)
+    check_export_path(output)
     check_device(cfg.device)
     log = logger(progress)
+    model_dir = resolve_model_dir(model_dir)
     temporary = job_dir is None
     jd = JobDir(Path(tempfile.mkdtemp(prefix=TEMP_JOB_PREFIX, dir=output.parent)) if temporary
                 else Path(job_dir).resolve())
@@ -203,9 +203,9 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
             run_chain(jd, progress=progress)
     except (Interrupted, JobError, OSError, MemoryError, KeyboardInterrupt) as exc:
         kept = jd.is_job() or jd.is_chain()
-        if kept and not isinstance(exc, Interrupted):
         if kept and held_elsewhere(jd):
             raise
+        if kept and not isinstance(exc, Interrupted):
             log(f"the job is kept in {jd.root}; resume it with: streamsr resume {jd.root}")
         elif not kept and temporary:
             shutil.rmtree(jd.root, ignore_errors=True)
@@ -223,10 +223,10 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
 
 
 def resume(job_dir, *, model_dir=None, progress: bool = True) -> None:
-    jd = JobDir(Path(job_dir).resolve())
     """Run a job (x4 or x16) to the end; a temporary job dir (made without --job) is removed once done."""
-    try:
+    jd = JobDir(Path(job_dir).resolve())
     log = logger(progress)
+    try:
         if jd.is_chain():
             run_chain(jd, progress=progress)
         else:
@@ -267,7 +267,6 @@ def status_lines(job_dir) -> list[str]:
     ]
 
 
-def plan_lines(plan: MemoryPlan | None, job: JobConfig) -> list[str]:
 def eta_text(eta: float | None, tasks_left: int) -> str:
     """The ETA for people; once the model is done, the finishing passes (stats, anchor, export) that remain."""
     if eta is not None and eta <= 0 and tasks_left > 0:
@@ -286,6 +285,7 @@ def store_bytes(geo, *, channels: int, bit_depth: int, alpha: bool, vector_dim: 
             + hh * hw * channels * (2 if bit_depth == 16 else 1))
 
 
+def plan_lines(plan: MemoryPlan | None, job: JobConfig) -> list[str]:
     """The memory plan as printed by `plan` and `status`."""
     if not plan:
         return []
