@@ -229,6 +229,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .jobs.verify import verify_job
+
+    report = verify_job(args.job)
+    for line in report.lines():
+        print(line)
+    return EXIT_OK if report.ok else EXIT_USAGE
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     from .viewer.server import main as view_main
 
@@ -357,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     vw.add_argument("--cache-mb", type=int, default=256, help="memory for rendered tiles (default 256 MiB)")
     vw.add_argument("-v", "--verbose", action="store_true", help="log every request")
     vw.set_defaults(func=cmd_view)
+
+    vf = sub.add_parser("verify", help="check that every stored block of a job is present and intact",
+                        description="Read every chunk of a job dir (also a finished one, before export), check its "
+                                    "checksum, and check that the blocks the job has committed are all there. Exit 0 "
+                                    "if the job is intact, 2 if not (each problem names the array and block).")
+    vf.add_argument("job", help="job dir (x4 or x16)")
+    vf.set_defaults(func=cmd_verify)
 
     st = sub.add_parser("status", help="progress, ETA, settings and memory plan of a job")
     st.add_argument("job", help="job dir")

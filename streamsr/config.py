@@ -7,6 +7,7 @@ field is validated in `__post_init__`, so a bad value fails early with a message
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 PARAMETRISATIONS = ("image", "residual")  # what the denoiser D predicts (see ModelConfig.parametrisation)
@@ -129,6 +130,10 @@ ANCHORS = ("none", "global", "local")
 DTYPES = ("fp32", "bf16")
 SCALES = (4, 16)
 MODES = ("fidelity", "detail")  # a model dir's named operating points (weights.ModelDefaults)
+SIGMA_RANGE = (1e-4, 1e3)  # allowed sigma_min .. sigma_max: beyond, fp32 state loses the image (all black)
+RHO_RANGE = (0.1, 100.0)  # allowed Karras rho
+SEED_MAX = 2 ** 63 - 1  # seeds are 0..SEED_MAX (noise.py mixes them as 64-bit: 2^64 would equal 0)
+MAX_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -156,23 +161,28 @@ class JobConfig:
     ram: int = 0  # host memory budget in bytes (0: none)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
-            raise ConfigError(f"steps must be an integer in 1..1000, got {self.steps!r}")
+        if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"steps must be an integer in 1..{MAX_STEPS}, got {self.steps!r}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
         if not (isinstance(self.batch_rows, int) and isinstance(self.batch_cols, int)
                 and self.batch_rows >= 1 and self.batch_cols >= 1):
             raise ConfigError(f"batch must be at least 1x1, got {self.batch_rows}x{self.batch_cols}")
         if self.anchor not in ANCHORS:
             raise ConfigError(f"anchor must be one of {', '.join(ANCHORS)}, got {self.anchor!r}")
-        if not 0 < self.sigma_min < self.sigma_max:
-            raise ConfigError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        low, high = SIGMA_RANGE
+        for name in ("sigma_min", "sigma_max"):
+            value = getattr(self, name)
+            if not _is_real(value) or not low <= value <= high:
+                raise ConfigError(f"{name} must be a finite number in {low:g}..{high:g}, got {value!r}")
+        if not self.sigma_min < self.sigma_max:
+            raise ConfigError(f"need sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         if not isinstance(self.noise_init, bool):
             raise ConfigError(f"noise_init must be true or false, got {self.noise_init!r}")
-        if self.rho <= 0:
-            raise ConfigError(f"rho must be > 0, got {self.rho}")
+        if not _is_real(self.rho) or not RHO_RANGE[0] <= self.rho <= RHO_RANGE[1]:
+            raise ConfigError(f"rho must be a finite number in {RHO_RANGE[0]:g}..{RHO_RANGE[1]:g}, got {self.rho!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
         if self.dtype not in DTYPES:
@@ -197,3 +207,12 @@ class JobConfig:
         for name in ("device", "backend", "batch_rows", "batch_cols", "placement", "vram", "ram"):
             data.pop(name)
         return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    """A finite int or float (not a bool, a string, NaN or inf)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

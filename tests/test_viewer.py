@@ -547,3 +547,34 @@ def test_zoom_pan_and_modes_stay_in_sync(tmp_path, served, browser):
     browser.evaluate("streamsrView.setSplit(0)")
     out_only = browser.screenshot(tmp_path / "slider_out.png")
     assert check_aligned(lr_only, out_only, 0, 0, 900) > 200
+
+
+def test_foreign_host_header_is_refused(tmp_path, served):
+    """DNS rebinding: a page of another site whose name resolves to 127.0.0.1 sends its own Host."""
+    import http.client
+
+    make_job(tmp_path / "job")
+    server, url = served(tmp_path / "job")
+    port = server.server_address[1]
+
+    def status_with(host: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/api/status", headers={"Host": host})
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        return response.status
+
+    assert status_with(f"127.0.0.1:{port}") == 200 and status_with(f"localhost:{port}") == 200
+    for host in ("evil.example:%d" % port, "127.0.0.1", f"localhost:{port + 1}", "attacker.test"):
+        assert status_with(host) == 403, host
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_port_out_of_range_is_one_line(tmp_path, capsys, port):
+    from streamsr.cli import main
+
+    make_job(tmp_path / "job")
+    assert main(["view", str(tmp_path / "job"), "--port", port]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--port" in err[0]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..core.resample import upsample_region
+from .integrity import CheckedArray
 from .progress import Timers
 from .store import JobStore
 
@@ -42,7 +43,7 @@ class BlockIO:
         self.store = store
         self.device = device
         self.timers = timers
-        self.lr = store.array("lr")
+        self.lr = CheckedArray(store.reading("lr"), "lr", job=str(store.dir.root))  # checked reads
 
     def read(self, name: str, box: Box) -> torch.Tensor:
         """Region of a (1, C, H, W) array: (1, C, h, w) float32 on the device."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import BadInput
 from ..io.export import check_export_path, export_array
 from ..io.problems import one_line, reason
+from .integrity import checked_output
 from .manifest import JobStatus, Manifest
 from .store import JobDir, JobError, read_manifest
 
@@ -53,5 +54,6 @@ def export_job(job_dir: JobDir | os.PathLike | str, path: os.PathLike | str, fmt
     except Exception as e:  # noqa: BLE001 - a damaged store
         raise BadInput(one_line(f"job {shown}: cannot open its output array: {type(e).__name__}: "
                                 f"{reason(e)}")) from None
+    output = checked_output(output, folder=result.store / "output", job=str(shown))  # every block present, intact
     return export_array(output, manifest.geometry.hr_size, path, fmt=fmt, bit_depth=manifest.input.bit_depth,
                         **options)

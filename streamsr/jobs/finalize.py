@@ -18,6 +18,7 @@ from ..io.depth import to_uint
 from ..io.export import export_array
 from ..stream.planner import Batch, batch_box
 from .blockio import BlockIO, BlockWrite, Box
+from .integrity import CheckedArray, checked_output
 from .manifest import AnchorMoments
 from .progress import Timers
 from .store import CroppedView, JobStore, state_array
@@ -38,6 +39,8 @@ class Finalizer:
         self.geo = m.geometry
         self.input = m.input
         self.output = m.output
+        self.alpha = (CheckedArray(store.reading("alpha"), "alpha", job=str(store.dir.root))
+                      if "A" in m.input.mode else None)
 
     def _valid(self, box: Box) -> Box | None:
         """The part of a box inside the unpadded output, relative to the box; None if empty."""
@@ -94,7 +97,7 @@ class Finalizer:
         valid = self._valid(box)
         if valid is not None:
             _, b, _, e = valid
-            source = CroppedView(self.store.array("alpha"), self.geo.lr_height, self.geo.lr_width)
+            source = CroppedView(self.alpha, self.geo.lr_height, self.geo.lr_width)
             region = upsample_region(source, (y0, y0 + b, x0, x0 + e), clamp=False).clamp(0, 1)  # (1, 1, b, e)
             alpha[:b, :e] = region[0].permute(1, 2, 0).numpy()
         return alpha
@@ -105,4 +108,6 @@ class Finalizer:
         if self.output.path is None:  # the first stage of a x16 chain: its output array feeds the next stage
             return
         with self.timers("write"):
-            export_array(self.store.array("output"), self.geo.hr_size, self.output.path, bit_depth=self.input.bit_depth)
+            output = checked_output(self.store.reading("output"), folder=self.store.dir.store / "output",
+                                    job=str(self.store.dir.root))
+            export_array(output, self.geo.hr_size, self.output.path, bit_depth=self.input.bit_depth)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import JobConfig
+from ..config import SEED_MAX, JobConfig
 from ..errors import BadInput
 from ..stream.memory import format_bytes
 from .create import LRInput, check_same_job, create_job, file_source, resolve_model_dir
+from .integrity import checked_output
 from .manifest import InputInfo, JobStatus, MemoryPlan, OutputRef
 from .progress import format_seconds
 from .run import Interrupted, JobReport, remove_job_dir, run_job
@@ -101,7 +102,7 @@ def store_source(job_dir: JobDir) -> LRInput:
     """The output array of a finished x4 stage as the LR source of the next stage."""
     store = JobStore.open(job_dir)
     m = store.manifest
-    arr = store.array("output")
+    arr = checked_output(store.reading("output"), folder=job_dir.store / "output", job=str(job_dir.root))
     h, w = m.geometry.hr_size
     top = 65535.0 if m.input.bit_depth == 16 else 255.0
     # the settings as stored, not as typed: a manifest of an earlier version lacks later JobConfig keys,
@@ -150,7 +151,7 @@ def run_chain(job_dir: JobDir, *, progress: bool) -> None:
     if not first.is_job() or read_manifest(first).status is not JobStatus.DONE:
         run_stage(first, file_source(Path(chain.input)), output=None, model_dir=model_dir, cfg=chain.job,
                   progress=progress, stage="x16 stage 1/2", auto=chain.auto)
-    cfg2 = replace(chain.job, seed=chain.job.seed + 1)  # fresh noise for the second stage
+    cfg2 = replace(chain.job, seed=(chain.job.seed + 1) % (SEED_MAX + 1))  # fresh noise for the second stage
     run_stage(second, store_source(first), output=Path(chain.output), model_dir=model_dir, cfg=cfg2,
               progress=progress, stage="x16 stage 2/2", auto=chain.auto)
 

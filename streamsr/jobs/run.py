@@ -92,7 +92,7 @@ def run_job(where: JobDir | Path, *, model_dir: Path | None = None, progress: bo
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BadInput("--device cuda was asked for but torch sees no CUDA device")
         model = load_model(model_dir, device=device, dtype=torch.bfloat16 if job.dtype == "bf16" else torch.float32)
-        vector = (torch.from_numpy(store.array("vector")[...]).to(device)  # (1, V)
+        vector = (torch.from_numpy(store.read_region("vector", Ellipsis, origin=(0, 0))).to(device)  # (1, V)
                   if model.cfg.vector_dim else None)
         tasks = m.tasks()
         timers = Timers()

@@ -20,6 +20,7 @@ import numpy as np
 
 from .blockio import BlockWrite, Box
 from .faults import kill_point
+from .integrity import check_present, read_checked
 from .progress import Timers
 from .store import JobStore
 
@@ -130,9 +131,9 @@ class ShardReader:
 
     def region(self, name: str, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """array[..., y0:y1, x0:x1] of a (1, C, H, W) array as float32 (1, C, y1-y0, x1-x0)."""
-        array = self.store.array(name)
+        array = self.store.reading(name)
         if array.shards is None:
-            return np.asarray(array[:, :, y0:y1, x0:x1])
+            return self.store.read_region(name, (slice(None), slice(None), slice(y0, y1), slice(x0, x1)), origin=(y0, x0))
         sh, sw = array.shards[2], array.shards[3]
         out = np.empty((*array.shape[:2], y1 - y0, x1 - x0), dtype=array.dtype)
         for sy in range(y0 // sh, (y1 - 1) // sh + 1):
@@ -141,6 +142,7 @@ class ShardReader:
                 a, b = max(y0, oy), min(y1, oy + data.shape[2])
                 c, d = max(x0, ox), min(x1, ox + data.shape[3])
                 out[:, :, a - y0:b - y0, c - x0:d - x0] = data[:, :, a - oy:b - oy, c - ox:d - ox]
+        check_present(out, array, name, origin=(y0, x0), job=str(self.store.dir.root))  # no missing block
         return out
 
     def _shard(self, name, array, sy, sx, sh, sw) -> tuple[tuple[int, int], np.ndarray]:
@@ -148,7 +150,8 @@ class ShardReader:
         hit = cache.pop((sy, sx), None)
         if hit is None:
             oy, ox = sy * sh, sx * sw
-            hit = ((oy, ox), np.asarray(array[:, :, oy:oy + sh, ox:ox + sw]))
+            hit = ((oy, ox), read_checked(array, name, (slice(None), slice(None), slice(oy, oy + sh), slice(ox, ox + sw)),
+                                          origin=(oy, ox), job=str(self.store.dir.root)))  # checksums checked
             while len(cache) >= (self.keep_lr if name in ("lr", "alpha") else self.keep):
                 cache.pop(next(iter(cache)))
         cache[(sy, sx)] = hit  # most recent last

@@ -28,11 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..errors import StreamsrError
 from ..stream.memory import LR_SHARD_BLOCKS, SHARD_BYTES
 from ..stream.planner import BatchShape
+from .consistency import check_loaded, check_raw, check_runnable
 from .faults import kill_point_in
+from .integrity import check_present, has_checksums, python_pipeline, read_checked
 from .manifest import FORMAT, Geometry, Manifest
 
 MANIFEST = "job.json"
@@ -178,8 +181,11 @@ def read_manifest(where: JobDir | str | os.PathLike) -> Manifest:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise JobError(f"cannot read {path}: {exc}") from None
     try:
-        return Manifest.from_json(data)
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        check_raw(data)
+        manifest = Manifest.from_json(data)
+        check_loaded(manifest)
+        return manifest
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError) as exc:
         raise JobError(f"{path} is not a {FORMAT} manifest ({type(exc).__name__}: {exc})") from None
 
 
@@ -212,19 +218,18 @@ class JobStore:
         vector_dim = manifest.model.config.vector_dim
         rows, cols = shard_grid(block_bytes=3 * bs * bs * 4, batch=manifest.batch_shape, grid_cols=geo.grid.cols)
         lr_shard = (lb * LR_SHARD_BLOCKS[0], lb * LR_SHARD_BLOCKS[1])  # ingest writes whole rows of them
-        group.create_array("lr", shape=(1, 3, lh, lw), chunks=(1, 3, lb, lb), shards=(1, 3, *lr_shard),
-                           dtype="float32", compressors=None)
+        crc = [Crc32cCodec()]  # checksummed chunks, NaN fill: integrity.py (never a silently wrong pixel)
+        nan = {"dtype": "float32", "compressors": crc, "fill_value": float("nan")}
+        group.create_array("lr", shape=(1, 3, lh, lw), chunks=(1, 3, lb, lb), shards=(1, 3, *lr_shard), **nan)
         if "A" in info.mode:
-            group.create_array("alpha", shape=(1, 1, lh, lw), chunks=(1, 1, lb, lb), shards=(1, 1, *lr_shard),
-                               dtype="float32", compressors=None)
+            group.create_array("alpha", shape=(1, 1, lh, lw), chunks=(1, 1, lb, lb), shards=(1, 1, *lr_shard), **nan)
         if vector_dim:
-            group.create_array("vector", shape=(1, vector_dim), chunks=(1, vector_dim), dtype="float32",
-                               compressors=None)
+            group.create_array("vector", shape=(1, vector_dim), chunks=(1, vector_dim), **nan)
         for name in STATE_ARRAYS:
             group.create_array(name, shape=(1, 3, hh, hw), chunks=(1, 3, bs, bs), shards=(1, 3, rows * bs, cols * bs),
-                               dtype="float32", compressors=None)
+                               **nan)
         group.create_array("output", shape=(hh, hw, info.channels), chunks=(bs, bs, info.channels),
-                           shards=(rows * bs, cols * bs, info.channels),
+                           shards=(rows * bs, cols * bs, info.channels), compressors=[ZstdCodec(level=0), *crc],
                            dtype="uint16" if info.bit_depth == 16 else "uint8", fill_value=0)
         return cls(job_dir, group, manifest)
 
@@ -232,6 +237,11 @@ class JobStore:
     def open(cls, where: JobDir | str | os.PathLike) -> "JobStore":
         job_dir = JobDir.of(where)
         manifest = read_manifest(job_dir)
+        try:
+            check_runnable(manifest)
+        except (ValueError, TypeError, ZeroDivisionError) as exc:
+            raise JobError(f"{job_dir.manifest} does not describe a job that can run ({exc}); it was edited or "
+                           "damaged") from None
         try:
             with codec_pipeline():
                 group = zarr.open_group(job_dir.store, mode="r+")
@@ -257,9 +267,33 @@ class JobStore:
 
     # ---- block I/O ------------------------------------------------------------------------------
     def read(self, name: str, box: tuple[int, int, int, int]) -> torch.Tensor:
-        """Region (y0, y1, x0, x1) of a (1, C, H, W) array as a float32 tensor (1, C, h, w)."""
+        """Region (y0, y1, x0, x1) of a (1, C, H, W) array as a float32 tensor (1, C, h, w); a missing or
+        corrupt block is integrity.DamagedData."""
         y0, y1, x0, x1 = box
-        return torch.from_numpy(np.ascontiguousarray(self.array(name)[:, :, y0:y1, x0:x1]))
+        return torch.from_numpy(np.ascontiguousarray(self.read_region(name, (slice(None), slice(None), slice(y0, y1),
+                                                                            slice(x0, x1)), origin=(y0, x0))))
+
+    def read_region(self, name: str, key, *, origin: tuple[int, int]) -> np.ndarray:
+        """array[key] read with its checksums checked and, for a (1, C, H, W) float array, no missing block
+        (`origin`: the key's top-left pixel); DamagedData naming the block otherwise."""
+        array = self.reading(name)
+        data = read_checked(array, name, key, origin=origin, job=str(self.dir.root))
+        if data.ndim == 4 or name == "vector":
+            check_present(data, array, name, origin=origin, job=str(self.dir.root))
+        return data
+
+    def reading(self, name: str) -> zarr.Array:
+        """The array `name` opened for reads: with zarr-python's pipeline when its chunks have checksums
+        (which it checks on every decode), else the same as `array`."""
+        key = f"{name}:read"
+        array = self._arrays.get(key)
+        if array is None:
+            array = self.array(name)
+            if has_checksums(array):
+                with python_pipeline():
+                    array = self.group[name]
+            self._arrays[key] = array
+        return array
 
     def write(self, name: str, box: tuple[int, int, int, int], value) -> None:
         """Write value over region (y0, y1, x0, x1): (1, C, h, w) (tensor or array) into a (1, C, H, W)
@@ -277,7 +311,7 @@ class JobStore:
         """The array `name`, opened once (with the fastest codec pipeline there is, `codec_pipeline`)."""
         array = self._arrays.get(name)
         if array is None:
-            with codec_pipeline():
+            with python_pipeline() if name == "output" else codec_pipeline():  # zarrs drops black chunks
                 array = self._arrays[name] = self.group[name]
         return array
 

@@ -80,9 +80,19 @@ class ViewerHandler(BaseHTTPRequestHandler):
     def do_HEAD(self):
         self.do_GET()
 
+    def host_allowed(self) -> bool:
+        """The Host header names this server (127.0.0.1, localhost or [::1] with its port): a page of another
+        site that rebinds its DNS name to 127.0.0.1 sends its own name and is refused (DNS rebinding)."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        port = self.server.server_address[1]
+        return host in {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+
     def do_GET(self):
         path = unquote(urlsplit(self.path).path)
         view = self.server.view
+        if not self.host_allowed():
+            return self.send_body(403, b"forbidden: the Host header must be 127.0.0.1 or localhost with this "
+                                       b"server's port\n", "text/plain; charset=utf-8")
         try:
             if path in ("/", "/index.html"):
                 return self.static("index.html")
@@ -136,6 +146,8 @@ def serve(path, *, port: int = 0, open_browser: bool = False, cache_mb: int = 25
     `server.shutdown(); server.server_close()`. Raises BadInput for a path it cannot show and OSError
     when the port is taken.
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise BadInput(f"--port must be 0 (any free port) or 1..65535, got {port!r}")
     view = open_view(path, cache_mb=cache_mb)
     server = ViewerServer((HOST, port), view, verbose=verbose)
     url = f"http://{HOST}:{server.server_address[1]}/"

@@ -1,0 +1,138 @@
+"""Proof that job data is present and intact when it is read (issue 14): never a silently wrong pixel.
+
+New job dirs store every block chunk with a crc32c checksum (zarr's `crc32c` codec, inside the shards'
+chunk codecs) and give the float arrays a NaN fill value, so a chunk that is missing reads as NaN, not as
+data. Reads of those arrays go through zarr-python's codec pipeline, which checks the checksum of every
+chunk it decodes (the `zarrs` pipeline skips it on partial shard reads); the job's reads then check that
+the blocks they return hold no NaN. Either failure is a `DamagedData` error, one line naming the array and
+the block. Job dirs of earlier versions (no checksums, zero fill) are read as before, unverified.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ShardingCodec
+
+from ..errors import StreamsrError
+
+
+class DamagedData(StreamsrError):
+    """A chunk of a job's arrays is missing or corrupt; the job dir is left as it was."""
+
+
+def has_checksums(array: zarr.Array) -> bool:
+    """Whether the array's chunks carry a crc32c (job dirs made since issue 14)."""
+    codecs = array.metadata.codecs
+    inner = codecs[0].codecs if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) else codecs
+    return any(isinstance(codec, Crc32cCodec) for codec in inner)
+
+
+def python_pipeline():
+    """A context in which opened arrays use zarr-python's own codec pipeline (checksums always checked,
+    empty chunks written: a black output block is stored, so a missing one is visible)."""
+    return zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline",
+                            "array.write_empty_chunks": True})
+
+
+def chunk_of(array: zarr.Array, name: str, y: int, x: int) -> str:
+    """`name block (row r, col c)` of the chunk holding pixel (y, x) of a (1, C, H, W) array, the
+    (H, W, C) output or the (1, V) vector."""
+    if name == "vector":
+        return "vector"
+    ch, cw = array.chunks[:2] if name == "output" else array.chunks[2:]
+    return f"{name} block (row {y // ch}, col {x // cw})"
+
+
+def read_checked(array: zarr.Array, name: str, key, *, origin: tuple[int, int] = (0, 0), job: str = "") -> np.ndarray:
+    """array[key] as numpy; a chunk that fails its checksum or cannot be decoded is DamagedData naming the
+    array and the block at `origin` (the read's top-left pixel). OSError (disk) passes through."""
+    try:
+        return np.asarray(array[key])
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - zarr raises ValueError/RuntimeError/... for damaged chunks
+        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise DamagedData(f"job {job}: {chunk_of(array, name, *origin)} region is corrupt ({text}); "
+                          f"check the job with: streamsr verify {job}") from None
+
+
+def check_present(data: np.ndarray, array: zarr.Array, name: str, *, origin: tuple[int, int], job: str) -> None:
+    """DamagedData if a (1, C, h, w) float read starting at pixel `origin` holds NaN: a missing chunk of an
+    array whose fill value is NaN (or a NaN that was computed, just as wrong)."""
+    if not data.dtype.kind == "f" or not math.isnan(float(array.metadata.fill_value)):
+        return
+    if not np.isnan(data.sum(dtype=np.float64)):  # one pass; NaN propagates (inf - inf too)
+        return
+    bad = np.argwhere(np.isnan(data.reshape(-1, *data.shape[-2:])).any(axis=0))
+    if not len(bad):
+        return
+    y, x = int(bad[0][0]) + origin[0], int(bad[0][1]) + origin[1]
+    raise DamagedData(f"job {job}: {chunk_of(array, name, y, x)} is missing (reads as the NaN fill value); "
+                      f"check the job with: streamsr verify {job}")
+
+
+
+class CheckedArray:
+    """A job array sliced like the zarr array (array[:, :, ys, xs], or output[ys, xs]) whose reads are
+    `read_checked` and, for (1, C, H, W) float arrays, `check_present`."""
+
+    def __init__(self, array: zarr.Array, name: str, *, job: str):
+        self.array, self.name, self.job = array, name, job
+        self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
+
+    def __getitem__(self, key) -> np.ndarray:
+        parts = key if isinstance(key, tuple) else (key,)
+        spatial = parts[:2] if self.name == "output" else parts[2:4]
+        origin = tuple(int(s.start or 0) if isinstance(s, slice) else 0 for s in spatial) + (0, 0)
+        data = read_checked(self.array, self.name, key, origin=origin[:2], job=self.job)
+        if data.ndim == 4:
+            check_present(data, self.array, self.name, origin=origin[:2], job=self.job)
+        return data
+
+
+def absent_chunks(array: zarr.Array, folder) -> list[tuple[int, ...]]:
+    """Chunk coordinates inside the array that no shard stores (the shard file is gone, or its index marks
+    the chunk empty), for a sharded array of a local store at `folder` (the array's own dir). Arrays
+    without shards: chunk files that do not exist."""
+    from pathlib import Path  # noqa: PLC0415
+
+    folder = Path(folder)
+    chunks = array.chunks
+    grid = tuple(-(-n // c) for n, c in zip(array.shape, chunks))
+    absent = []
+    if array.shards is None:
+        for coords in np.ndindex(*grid):
+            if not (folder / array.metadata.encode_chunk_key(coords)).is_file():
+                absent.append(tuple(int(i) for i in coords))
+        return absent
+    per = tuple(s // c for s, c in zip(array.shards, chunks))
+    count = math.prod(per)
+    for shard in np.ndindex(*(-(-n // s) for n, s in zip(array.shape, array.shards))):
+        path = folder / array.metadata.encode_chunk_key(shard)
+        entries = None
+        if path.is_file() and path.stat().st_size >= count * 16 + 4:
+            with open(path, "rb") as fh:
+                fh.seek(-(count * 16 + 4), 2)
+                entries = np.frombuffer(fh.read(count * 16), "<u8").reshape(count, 2)
+        for n, local in enumerate(np.ndindex(*per)):
+            coords = tuple(int(s * p + i) for s, p, i in zip(shard, per, local))
+            if all(c < g for c, g in zip(coords, grid)) and (entries is None or entries[n, 0] == 2 ** 64 - 1):
+                absent.append(coords)
+    return absent
+
+
+def checked_output(array: zarr.Array, *, folder, job: str) -> CheckedArray:
+    """The output array of a job whose anchor tasks all ran, for export: DamagedData if a block of it is
+    not stored (a black block is stored too, python_pipeline), else a CheckedArray (checksums checked as
+    it is read). Arrays without checksums (earlier versions) cannot be checked and are taken as they are."""
+    if has_checksums(array):
+        absent = absent_chunks(array, folder)
+        if absent:
+            r, c = absent[0][:2]
+            raise DamagedData(f"job {job}: output block (row {r}, col {c}) is missing"
+                              f"{f' (and {len(absent) - 1} more)' if len(absent) > 1 else ''}; "
+                              f"check the job with: streamsr verify {job}")
+    return CheckedArray(array, "output", job=job)
