@@ -22,7 +22,7 @@ from streamsr.cli import main
 from streamsr.config import ModelConfig
 from streamsr.core import anchoring
 from streamsr.jobs.create import reflect_index
-from streamsr.jobs.store import read_manifest, state_array
+from streamsr.jobs.store import final_array, read_manifest, state_array
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def final_state(job: Path) -> np.ndarray:
-    return zarr.open_group(job / "state.zarr", mode="r")[state_array(read_manifest(job).job.steps)][...]
+    return zarr.open_group(job / "state.zarr", mode="r")[final_array(read_manifest(job))][...]
 
 
 def padded_lr(path: Path, block: int) -> torch.Tensor:
@@ -116,10 +116,11 @@ def test_sigkill_at_every_kind_of_point_then_resume_is_bit_identical(work, tmp_p
     args = ("--model", work / "model", "--steps", 2, "--batch", "1x2", "-q")
     ref = run_sub("upscale", work / "in.png", "-o", tmp_path / "ref.png", "--job", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
-    # 6 batches a sweep: predict0 0-5, correct0 6-11, predict1 12-17, stats 18-23, anchor 24-29, export 30
-    # (x_T is computed by step 0's sweeps: no init sweep); commits cover several tasks (pipeline.CommitPolicy)
-    points = ["3:mid-write", "4:queued", "8:queued", "10:before-commit", "11:mid-commit", "14:mid-write",
-              "15:queued", "20:before-commit", "21:mid-commit", "25:mid-write", "30:before-commit"]
+    # 6 batches a sweep: steps 0-1 (predict0, correct0, predict1 fused) 0-5, stats 6-11, anchor 12-17,
+    # export 18 (x_T is computed, no init sweep); commits cover several tasks (pipeline.CommitPolicy)
+    assert read_manifest(tmp_path / "ref").fuse_steps == 2
+    points = ["1:mid-write", "2:queued", "4:before-commit", "5:mid-commit", "3:queued", "7:before-commit",
+              "8:mid-commit", "13:mid-write", "14:queued", "18:before-commit"]
     job, out = tmp_path / "job", tmp_path / "out.png"
     first = run_sub("upscale", work / "in.png", "-o", out, "--job", job, *args, STREAMSR_TEST_KILL=points[0])
     assert first.returncode == -signal.SIGKILL, first.stderr
@@ -276,7 +277,7 @@ def test_full_disk_fails_cleanly_and_resumes(work, tmp_path, capsys, monkeypatch
 
     def failing_write(self, name, box, value):
         calls["n"] += 1
-        if calls["n"] == 9:
+        if calls["n"] == 2:  # whole shard rows are written: the second of the sampler's 3
             raise OSError(errno.ENOSPC, "No space left on device", str(self.dir.store))
         return real_write(self, name, box, value)
 
@@ -384,7 +385,8 @@ def test_frontier_placement_and_budget_do_not_change_the_output(work, tmp_path, 
     assert run_cli("upscale", work / "in.png", "-o", tmp_path / "ref.png", "--frontier", "device", *args) == 0
     job = tmp_path / "job"
     killed = run_sub("upscale", work / "in.png", "-o", tmp_path / "disk.png", "--frontier", "disk", "--job", job,
-                     *args, STREAMSR_TEST_KILL="9:mid-write")
+                     *args, STREAMSR_TEST_KILL="3:mid-write", STREAMSR_COMMIT_EVERY="1")
+    assert read_manifest(job).cursor == 2  # the first block row's shards were written: resume replays it
     assert killed.returncode == -signal.SIGKILL
     assert read_manifest(job).job.placement == "disk"
     assert run_cli("resume", job, "-q") == 0

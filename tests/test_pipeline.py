@@ -5,7 +5,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
@@ -123,7 +122,7 @@ def test_shard_reader_equals_direct_reads(tmp_path):
 def test_new_jobs_have_shards_and_no_init_sweep_and_equal_the_init_sweep_layout(work, reference, tmp_path):
     ref_job, ref_png = reference
     m = read_manifest(ref_job)
-    assert m.init_sweep is False and m.tasks()[0].kind == "predict"
+    assert m.init_sweep is False and m.tasks()[0].kind == "steps"
     group = zarr.open_group(ref_job / "state.zarr", mode="r")
     assert group["state1"].shards is not None and group["lr"].shards is not None
     assert "init" not in {task.kind for task in m.tasks()}  # x_T is computed where it is read, never written
@@ -132,17 +131,14 @@ def test_new_jobs_have_shards_and_no_init_sweep_and_equal_the_init_sweep_layout(
     killed = run_sub("upscale", work / "in.png", "-o", tmp_path / "old.png", "--job", job, *args(work),
                      STREAMSR_TEST_KILL="0:queued")
     assert killed.returncode == -signal.SIGKILL and read_manifest(job).cursor == 0
-    raw = json.loads((job / "job.json").read_text())
-    raw["init_sweep"] = True
-    raw["total_tasks"] += 80
-    (job / "job.json").write_text(json.dumps(raw))
+    relayout(job, fuse=0, init_sweep=True)
     assert read_manifest(job).tasks()[0].kind == "init"
     assert run_cli("resume", job, "-q") == 0
     assert (tmp_path / "old.png").read_bytes() == ref_png.read_bytes()
     assert np.array_equal(final_state(job), final_state(ref_job))
 
 
-@pytest.mark.parametrize("killed_at", [21, 50, 95])
+@pytest.mark.parametrize("killed_at", [21, 50, 170])
 def test_resume_reruns_a_bounded_number_of_tasks(work, reference, tmp_path, killed_at):
     """Commits every 16 tasks (and at sweep ends) after the writes are on disk: a kill re-runs at most the
     tasks since the last commit, plus those of the shard being filled; then the bytes are identical."""
@@ -155,8 +151,8 @@ def test_resume_reruns_a_bounded_number_of_tasks(work, reference, tmp_path, kill
     shard_tasks = zarr.open_group(job / "state.zarr", mode="r")["state1"].shards[3] // 32  # 1x1 batches
     rerun = killed_at + 1 - m.cursor
     assert 0 < rerun <= CommitPolicy().every_tasks + shard_tasks, (m.cursor, shard_tasks)
-    if killed_at >= 80:  # a sweep end always commits: the second sweep never re-runs the first
-        assert m.cursor >= 80
+    if killed_at >= 160:  # a sweep end always commits: the anchor sweep (160-239) never re-runs stats
+        assert m.cursor >= 160
     assert run_cli("resume", job, "-q") == 0
     assert (tmp_path / "o.png").read_bytes() == ref_png.read_bytes()
 
@@ -183,3 +179,51 @@ def test_out_of_memory_is_one_line_and_the_job_resumes(work, reference, tmp_path
     monkeypatch.setattr(executor.SweepExecutor, "compute", real)
     assert run_cli("resume", job, "-q") == 0
     assert (tmp_path / "o.png").read_bytes() == reference[1].read_bytes()
+
+
+def relayout(job: Path, *, fuse: int, init_sweep: bool = False) -> None:
+    """Rewrite a not-yet-started job's manifest to `fuse` steps per sweep (0: one sweep per predict and
+    correct, the layout of earlier versions, with an init sweep if asked), as if the planner chose it."""
+    from dataclasses import replace
+
+    from streamsr.jobs.store import write_json_atomic
+
+    m = read_manifest(job)
+    assert m.cursor == 0
+    m = replace(m, fuse_steps=fuse, plan=replace(m.plan, fuse=fuse), init_sweep=init_sweep)
+    write_json_atomic(job / "job.json", replace(m, total_tasks=len(m.tasks())).to_json())
+
+
+@pytest.mark.parametrize("fuse", [0, 1])
+def test_fused_steps_equal_one_sweep_per_predict_and_correct(work, reference, tmp_path, fuse, monkeypatch):
+    """The reference fuses both Heun steps (3 sweeps in flight); 1 step per sweep and the per-sweep
+    layout (pred and deriv through the store) give the same bytes, and write the state 4x (fuse 0) or 2x
+    (fuse 1) as much per block."""
+    ref_job, ref_png = reference
+    assert read_manifest(ref_job).fuse_steps == 2 and len(read_manifest(ref_job).tasks()) == 80 * 3 + 1
+    job = tmp_path / "job"
+    killed = run_sub("upscale", work / "in.png", "-o", tmp_path / "o.png", "--job", job, *args(work),
+                     STREAMSR_TEST_KILL="0:queued")
+    assert killed.returncode == -signal.SIGKILL
+    relayout(job, fuse=fuse)
+    written = count_state_writes(monkeypatch)
+    assert run_cli("resume", job, "-q") == 0
+    assert (tmp_path / "o.png").read_bytes() == ref_png.read_bytes()
+    assert np.array_equal(final_state(job), final_state(ref_job))
+    per_block = sum(written.values()) / (256 * 320 * 3)  # the padded state: 8x10 blocks of 32 px
+    assert per_block == {0: 4, 1: 2}[fuse], written  # the reference (fuse 2): 1
+
+
+def count_state_writes(monkeypatch) -> dict[str, int]:
+    """Elements written per state array through JobStore.write from now on."""
+    from streamsr.jobs import store as store_mod
+
+    real, written = store_mod.JobStore.write, {}
+
+    def counting(self, name, box, value):
+        if name != "output":
+            written[name] = written.get(name, 0) + int(np.prod(value.shape))
+        return real(self, name, box, value)
+
+    monkeypatch.setattr(store_mod.JobStore, "write", counting)
+    return written

@@ -127,7 +127,9 @@ def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_b
                            reference_attention=cfg.backend == "reference")
     except memory.BudgetError as exc:
         raise BadInput(str(exc)) from None
-    plan = MemoryPlan.from_prediction(pred)
+    fuse, pred = memory.fused_plan(pred, steps=cfg.steps, sampler=cfg.sampler, vram=cfg.vram or None,
+                                   ram=cfg.ram or None, device_type=torch.device(cfg.device).type)
+    plan = MemoryPlan.from_prediction(pred, fuse=fuse)
     return replace(cfg, batch_rows=plan.batch[0], batch_cols=plan.batch[1], placement=plan.placement), plan
 
 
@@ -156,6 +158,7 @@ def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, mo
         sigmas=tuple(float(s) for s in karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)),
         total_tasks=0,
         init_sweep=False,  # step 0's sweeps compute x_T (planner.job_tasks)
+        fuse_steps=plan.fuse,  # steps sweeps of this many steps (planner.fused_sweeps)
     )
     manifest = replace(manifest, total_tasks=len(manifest.tasks()))
     store = JobStore.create(where, manifest)

@@ -32,7 +32,7 @@ from ..stream.planner import Sweep, Task, TaskKind, batch_box, frontier_bound, f
 from .blockio import BlockWrite, Box
 from .progress import Timers
 from .shards import CachedArray, ShardReader
-from .store import JobStore, state_array
+from .store import JobStore, group_array, state_array
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,9 @@ class SweepExecutor:
         self.grid = m.geometry.grid
         self.shape = m.batch_shape
         self.plan = frontier_plan(self.grid, self.shape)
-        self._sweep: Sweep | None = None
-        self._frontier: Frontier | None = None
-        self._emb: torch.Tensor | None = None  # (1, C) time + vector embedding of the current sweep
+        self.fuse = m.fuse_steps
+        self._sweep: Sweep | None = None  # the task sweep being run
+        self._frontiers: dict[Sweep, tuple[Frontier, torch.Tensor]] = {}  # its denoiser sweeps: frontier, (1, C) emb
 
     # ---- reads (any thread: they touch the store only) -------------------------------------------
     def inputs(self, task: Task, reader: ShardReader, timers: Timers) -> TaskInputs:
@@ -99,6 +99,9 @@ class SweepExecutor:
                 return TaskInputs(up, x=state(0))
             if task.kind is TaskKind.PREDICT:
                 return TaskInputs(up, windows, x=state(task.step))
+            if task.kind is TaskKind.STEPS:  # the group's input: x_T, or the last group's output
+                group = task.step // self.fuse
+                return TaskInputs(up, windows, x=self._initial_state(task, up) if group == 0 else read(group_array(group)))
             if task.kind is TaskKind.CORRECT:
                 return TaskInputs(up, windows, x=read("pred"), state=state(task.step), deriv=read("deriv"))
         raise ValueError(f"{task.kind} is not a model task")
@@ -113,46 +116,58 @@ class SweepExecutor:
             return self._predict(task, box, inputs)
         if task.kind is TaskKind.CORRECT:
             return self._correct(task, box, inputs)
+        if task.kind is TaskKind.STEPS:
+            return [BlockWrite(group_array(task.step // self.fuse + 1), box, self._steps(task, box, inputs))]
         raise ValueError(f"{task.kind} is not a model task")
 
     def replay(self, task: Task, inputs: TaskInputs) -> None:
         """Recompute the denoiser on a batch that the current sweep already committed, so that its K/V
-        enter the frontier again (resume inside a sweep); writes nothing."""
+        enter the frontier again (resume inside a sweep); writes nothing. A steps task recomputes all
+        of its steps: each one's input comes from the one before it, and only x_T or the group's input
+        array is read."""
         if not task.is_model:
             raise ValueError(f"only denoiser tasks are replayed, not {task.kind}")
-        self._denoise(task, inputs, self._sigma(task))
-
-    # ---- the sweep and its frontier -------------------------------------------------------------
-    def _sigma(self, task: Task) -> float:
-        """The denoiser's sigma: sigma_i (predict), sigma_{i+1} for the Euler prediction (correct)."""
-        return self.sigmas[task.step] if task.kind is TaskKind.PREDICT else self.sigmas[task.step + 1]
-
-    def _start_sweep(self, task: Task, sigma: float) -> None:
-        if self._sweep == task.sweep:
+        if task.kind is TaskKind.STEPS:
+            self._steps(task, batch_box(task.batch, self.bs), inputs)
             return
-        if self._frontier is not None and len(self._frontier):
-            raise RuntimeError(f"sweep {self._sweep} ended with K/V left in the frontier")
-        self._sweep = task.sweep
-        if self.job.placement == "disk" and self.spill.is_dir():
-            for stale in self.spill.glob("kv_*.bin"):  # K/V are never persisted across sweeps or runs
-                stale.unlink()
-        self._frontier = Frontier(frontier_bound(self.grid, self.shape), self.model.cfg.layers, self.job.placement,
-                                  self.device, self.spill)
-        sig = torch.tensor([sigma], device=self.device)  # (1,)
-        with torch.no_grad():
-            self._emb = embedding(self.model, sig, self.vector)  # (1, C)
+        sigma = self.sigmas[task.step] if task.kind is TaskKind.PREDICT else self.sigmas[task.step + 1]
+        self._denoise(task, task.sweep, inputs.x, inputs, sigma)
 
-    def _denoise(self, task: Task, inputs: TaskInputs, sigma: float) -> torch.Tensor:
-        """D(x; sigma) of the batch's blocks: (1, 3, h, w) float32 on the device."""
-        self._start_sweep(task, sigma)
+    # ---- the sweeps in flight and their frontiers -----------------------------------------------
+    def _frontier(self, task: Task, sub: Sweep, sigma: float) -> tuple[Frontier, torch.Tensor]:
+        """The frontier and embedding of denoiser sweep `sub` (the task's own sweep, or one predict or
+        correct of a steps task); a new task sweep starts with new, empty frontiers."""
+        if self._sweep != task.sweep:
+            left = [str(key) for key, (frontier, _) in self._frontiers.items() if len(frontier)]
+            if left:
+                raise RuntimeError(f"sweep {self._sweep} ended with K/V left in the frontier of {', '.join(left)}")
+            for frontier, _ in self._frontiers.values():
+                frontier.close()
+            self._frontiers = {}
+            self._sweep = task.sweep
+            if self.job.placement == "disk" and self.spill.is_dir():
+                for stale in self.spill.rglob("kv_*.bin"):  # K/V are never persisted across sweeps or runs
+                    stale.unlink()
+        if sub not in self._frontiers:
+            spill = self.spill / f"{sub.kind}-{sub.step}"  # one spill dir per sweep in flight
+            frontier = Frontier(frontier_bound(self.grid, self.shape), self.model.cfg.layers, self.job.placement,
+                                self.device, spill)
+            with torch.no_grad():
+                emb = embedding(self.model, torch.tensor([sigma], device=self.device), self.vector)  # (1, C)
+            self._frontiers[sub] = (frontier, emb)
+        return self._frontiers[sub]
+
+    def _denoise(self, task: Task, sub: Sweep, x: torch.Tensor, inputs: TaskInputs, sigma: float) -> torch.Tensor:
+        """D(x; sigma) of the batch's blocks in sweep `sub`, x (1, 3, h, w): (1, 3, h, w) float32 on the device."""
+        frontier, emb = self._frontier(task, sub, sigma)
         batch = task.batch
         with self.timers("model"), torch.no_grad():
-            x = inputs.x.to(self.device)  # (1, 3, h, w)
+            x = x.to(self.device)  # (1, 3, h, w)
             up = inputs.up.to(self.device)  # (1, 3, h, w)
             d = denoise_batch(self.model, image_to_blocks(x, self.bs), image_to_blocks(up, self.bs),
-                              sigma=torch.tensor([sigma], device=self.device), emb=self._emb,
+                              sigma=torch.tensor([sigma], device=self.device), emb=emb,
                               windows=inputs.windows.to(self.device), plan=self.plan.batch_plan(batch),
-                              frontier=self._frontier, kernel=self.kernel)  # (1, N, 3, bs, bs)
+                              frontier=frontier, kernel=self.kernel)  # (1, N, 3, bs, bs)
             if self.device.type == "cuda":  # the compute stream only: prefetch copies keep running
                 torch.cuda.current_stream(self.device).synchronize()
         self.timers.model_blocks += batch.rows * batch.cols
@@ -178,17 +193,32 @@ class SweepExecutor:
         i = task.step
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         x = inputs.x.to(self.device)  # (1, 3, h, w)
-        d = to_d(x, self._denoise(task, inputs, sigma), sigma)  # (1, 3, h, w)
+        d = to_d(x, self._denoise(task, task.sweep, x, inputs, sigma), sigma)  # (1, 3, h, w)
         x_next = euler_step(x, d, sigma, sigma_next)  # (1, 3, h, w)
         if self.job.sampler == "heun" and sigma_next > 0:
             return [BlockWrite("pred", box, x_next), BlockWrite("deriv", box, d)]
         return [BlockWrite(state_array(i + 1), box, x_next)]
+
+    def _steps(self, task: Task, box: Box, inputs: TaskInputs) -> torch.Tensor:
+        """Sampler steps task.step .. + task.steps - 1 on the batch, as the per-sweep tasks compute them
+        (each predict and correct in its own sweep), from the group's input x: (1, 3, h, w)."""
+        x = inputs.x.to(self.device)  # (1, 3, h, w)
+        for i in range(task.step, task.step + task.steps):
+            sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+            d = to_d(x, self._denoise(task, Sweep(TaskKind.PREDICT, i), x, inputs, sigma), sigma)  # (1, 3, h, w)
+            x_next = euler_step(x, d, sigma, sigma_next)  # (1, 3, h, w)
+            if self.job.sampler == "heun" and sigma_next > 0:
+                d_next = to_d(x_next, self._denoise(task, Sweep(TaskKind.CORRECT, i), x_next, inputs, sigma_next),
+                              sigma_next)  # (1, 3, h, w)
+                x_next = heun_correct(x, d, d_next, sigma, sigma_next)  # (1, 3, h, w)
+            x = x_next
+        return x
 
     def _correct(self, task: Task, box: Box, inputs: TaskInputs) -> list[BlockWrite]:
         """Heun's correction of the Euler prediction: x_{i+1} = x_i + (s' - s) (d + d') / 2."""
         i = task.step
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         pred = inputs.x.to(self.device)  # (1, 3, h, w)
-        d_next = to_d(pred, self._denoise(task, inputs, sigma_next), sigma_next)  # (1, 3, h, w)
+        d_next = to_d(pred, self._denoise(task, task.sweep, pred, inputs, sigma_next), sigma_next)  # (1, 3, h, w)
         x, d = inputs.state.to(self.device), inputs.deriv.to(self.device)  # (1, 3, h, w) each
         return [BlockWrite(state_array(i + 1), box, heun_correct(x, d, d_next, sigma, sigma_next))]

@@ -130,20 +130,23 @@ class MemoryPlan:
     host_bytes: int
     disk_bytes: int
     parts: Mapping[str, int] = field(default_factory=dict)  # named terms, bytes
+    fuse: int = 0  # sampler steps per fused sweep (stream.memory.fuse_steps); 0 in plans of earlier versions
 
     @classmethod
-    def from_prediction(cls, pred) -> "MemoryPlan":
+    def from_prediction(cls, pred, *, fuse: int = 0) -> "MemoryPlan":
         return cls((int(pred.batch[0]), int(pred.batch[1])), pred.placement, pred.device_bytes, pred.host_bytes,
-                   pred.disk_bytes, dict(pred.parts))
+                   pred.disk_bytes, dict(pred.parts), fuse)
 
     def to_json(self) -> dict:
-        return {"batch": list(self.batch), "placement": self.placement, "device_bytes": self.device_bytes,
+        data = {"batch": list(self.batch), "placement": self.placement, "device_bytes": self.device_bytes,
                 "host_bytes": self.host_bytes, "disk_bytes": self.disk_bytes, "parts": dict(self.parts)}
+        return {**data, "fuse": self.fuse} if self.fuse else data
 
     @classmethod
     def from_json(cls, data: dict) -> "MemoryPlan":
         return cls((int(data["batch"][0]), int(data["batch"][1])), str(data["placement"]), int(data["device_bytes"]),
-                   int(data["host_bytes"]), int(data["disk_bytes"]), dict(data.get("parts", {})))
+                   int(data["host_bytes"]), int(data["disk_bytes"]), dict(data.get("parts", {})),
+                   _count(data.get("fuse", 0), "plan fuse"))
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,12 @@ def _flag(value, name: str) -> bool:
     return value
 
 
+def _count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything a job dir records besides its arrays; job.json holds `to_json()`."""
@@ -193,6 +202,7 @@ class Manifest:
     model_blocks_done: int = 0  # block evaluations of the denoiser committed so far
     updated: str | None = None  # ISO time of the last commit while running
     init_sweep: bool = True  # x_T written by an init sweep (earlier versions) or computed by step 0's sweeps
+    fuse_steps: int = 0  # sampler steps per steps sweep (planner.fused_sweeps); 0: one sweep per predict/correct
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", JobStatus(self.status))
@@ -208,7 +218,12 @@ class Manifest:
     def tasks(self) -> TaskList:
         """The job's task list (planner.job_tasks) for its grid, batch shape, sampler and anchoring."""
         return job_tasks(self.geometry.grid, self.batch_shape, steps=self.job.steps, sampler=self.job.sampler,
-                         anchor=self.job.anchor, init_sweep=self.init_sweep)
+                         anchor=self.job.anchor, init_sweep=self.init_sweep, fuse=self.fuse_steps)
+
+    @property
+    def groups(self) -> int:
+        """Steps sweeps of a fused job (0 for the per-sweep layout)."""
+        return -(-self.job.steps // self.fuse_steps) if self.fuse_steps else 0
 
     # ---- JSON -------------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -229,6 +244,7 @@ class Manifest:
             "model_blocks_done": self.model_blocks_done,
             "total_tasks": self.total_tasks,
             "init_sweep": self.init_sweep,
+            "fuse_steps": self.fuse_steps,
         }
         if self.plan is not None:
             data["plan"] = self.plan.to_json()
@@ -261,4 +277,5 @@ class Manifest:
             model_blocks_done=int(data.get("model_blocks_done", 0)),
             updated=data.get("updated"),
             init_sweep=_flag(data.get("init_sweep", True), "init_sweep"),
+            fuse_steps=_count(data.get("fuse_steps", 0), "fuse_steps"),
         )

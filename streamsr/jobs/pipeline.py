@@ -20,6 +20,7 @@ SIGKILL at any moment therefore resumes bit-identically (tests/test_job.py kills
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import BadInput
 from ..stream.planner import Task, TaskKind, TaskList
 from .faults import kill_point, kill_point_in
 from .manifest import AnchorMoments, Manifest
@@ -52,6 +54,19 @@ class CommitPolicy:
     def __post_init__(self) -> None:
         if self.every_tasks < 1 or not self.every_seconds >= 0:
             raise ValueError(f"commit every >= 1 task and >= 0 seconds, got {self}")
+
+    @classmethod
+    def from_env(cls) -> "CommitPolicy":
+        """The default, or STREAMSR_COMMIT_EVERY="TASKS[:SECONDS]" (commit more often when a re-run task
+        costs much, e.g. a slow device)."""
+        spec = os.environ.get("STREAMSR_COMMIT_EVERY")
+        if not spec:
+            return cls()
+        tasks, _, seconds = spec.partition(":")
+        try:
+            return cls(int(tasks), float(seconds) if seconds else cls.every_seconds)
+        except ValueError:
+            raise BadInput(f"STREAMSR_COMMIT_EVERY={spec!r} is not TASKS[:SECONDS] (e.g. 16:10)") from None
 
 
 @dataclass
@@ -100,14 +115,14 @@ class TaskPipeline:
     """Runs the tasks of one job from its cursor with reads ahead and writes behind (module docstring)."""
 
     def __init__(self, store: JobStore, tasks: TaskList, *, sweeps: SweepExecutor, finalizer: Finalizer,
-                 timers: Timers, policy: CommitPolicy = CommitPolicy(), depth: int = 2):
+                 timers: Timers, policy: CommitPolicy | None = None, depth: int = 2):
         self.store = store
         self.tasks = tasks
         self.sweeps = sweeps
         self.finalizer = finalizer
         self.timers = timers  # the compute thread's
         self.io_timers = Timers()  # the I/O thread's (read, lr, write, commit)
-        self.policy = policy
+        self.policy = policy or CommitPolicy.from_env()
         self.depth = depth
         self.reader = ShardReader(store)
         self.writer = ShardWriter(store, timers=self.io_timers)
@@ -133,7 +148,7 @@ class TaskPipeline:
                 task = self.tasks[index]
                 nxt = self.tasks[index + 1] if index + 1 < len(self.tasks) else None
                 sweep_end = nxt is None or nxt.sweep != task.sweep
-                if task.kind in (TaskKind.INIT, TaskKind.PREDICT, TaskKind.CORRECT):
+                if task.is_model or task.kind is TaskKind.INIT:
                     future = ahead[1] if ahead and ahead[0] == index else io.submit(self.read_inputs, task)
                     with self.timers("wait"):
                         inputs = future.result()
@@ -143,13 +158,16 @@ class TaskPipeline:
                 elif task.kind is TaskKind.ANCHOR:
                     writes = self.finalizer.anchor(task.batch, moments)
                     queued.append(io.submit(self.writer.write, index, writes))
-                else:  # stats and export read the store directly: everything before them is on disk
+                    kill_point(index, "queued")
+                elif task.kind in (TaskKind.STATS, TaskKind.EXPORT):  # they read the store: all before is on disk
                     self._drain(queued)
                     with self.timers("finalize"):
                         if task.kind is TaskKind.STATS:
                             moments = self.finalizer.stats(task.batch, moments)
                         else:
                             self.finalizer.export()
+                else:
+                    raise ValueError(f"unknown task kind {task.kind!r}")
                 while len(queued) > self.depth:
                     with self.timers("wait"):
                         queued.popleft().result()

@@ -183,6 +183,37 @@ def predict(cfg: ModelConfig, itemsize: int, out_hw: tuple[int, int], batch: tup
     return Prediction((bh, bw), placement, device, host, disk, cost, {**parts, **host_parts})
 
 
+MAX_SWEEPS_IN_FLIGHT = 8  # a fused group's denoiser sweeps (each holds a frontier) when no budget binds
+
+
+def sweeps_in_flight(fuse: int, *, steps: int, sampler: str) -> int:
+    """Denoiser sweeps of the largest fused group: one per predict and per correct (Heun's last step has none)."""
+    return min(fuse * (2 if sampler == "heun" else 1), 2 * steps - 1 if sampler == "heun" else steps)
+
+
+def fused_plan(pred: Prediction, *, steps: int, sampler: str, vram: int | None, ram: int | None,
+               device_type: str) -> tuple[int, Prediction]:
+    """Sampler steps per fused steps sweep (planner.fused_sweeps) for the plan `pred`, and the plan with
+    its sweeps in flight counted: the most steps whose sweeps (each with its own frontier and staging)
+    fit the budgets, at most MAX_SWEEPS_IN_FLIGHT of them; at least 1."""
+    extra_device = pred.parts.get("frontier", 0) + pred.parts.get("staging", 0)
+    extra_host = pred.parts.get("frontier_host", 0) + pred.parts.get("spill_io", 0)
+    if device_type == "cpu":
+        extra_host += extra_device
+    for fuse in range(steps, 0, -1):
+        sweeps = sweeps_in_flight(fuse, steps=steps, sampler=sampler)
+        if sweeps > MAX_SWEEPS_IN_FLIGHT and fuse > 1:
+            continue
+        device = pred.device_bytes + (sweeps - 1) * extra_device
+        host = pred.host_bytes + (sweeps - 1) * extra_host
+        fits = (ram is None or host <= ram) and (device_type == "cpu" or vram is None or device <= vram)
+        if fits or fuse == 1:
+            parts = {**pred.parts, "other_sweeps": (sweeps - 1) * (extra_device + extra_host)}
+            return fuse, Prediction(pred.batch, pred.placement, device, host,
+                                    pred.disk_bytes * sweeps, pred.sweep_cost_blocks, parts)
+    raise ValueError("steps must be >= 1")
+
+
 def staging_bytes(placement: str, device_type: str, reads: int, slot: int) -> int:
     """Device copies of frontier entries: none for a device frontier; on CUDA the batch's reads, the next
     batch's (prefetched) and the batch's own new entries kept for it (fewer than its reads), together at

@@ -224,20 +224,26 @@ def reads_bound(shape: BatchShape) -> int:
 #   anchor   anchoring applied and quantised into the output array
 # followed by one `export` task (the output file). The tasks of one kind (and step) over every batch
 # form a sweep; a denoiser sweep (predict/correct) keeps its K/V frontier across its batches.
+#
+# Fused steps (jobs made by streamsr >= 0.3): one `steps` task runs F consecutive sampler steps on its
+# batch, every predict and correct of them, each with its own frontier (F or 2F sweeps in flight, each
+# lagging the one before it by zero batches): x is read once (x_T is computed) and written once per F
+# steps, and pred/deriv never reach the store. Group g reads state[g%2] and writes state[(g+1)%2].
 
 
 class TaskKind(StrEnum):
     INIT = "init"
     PREDICT = "predict"
     CORRECT = "correct"
+    STEPS = "steps"
     STATS = "stats"
     ANCHOR = "anchor"
     EXPORT = "export"
 
     @property
     def is_model(self) -> bool:
-        """A denoiser sweep: evaluates the model and holds a K/V frontier."""
-        return self in (TaskKind.PREDICT, TaskKind.CORRECT)
+        """A denoiser sweep: evaluates the model and holds a K/V frontier (several, for steps)."""
+        return self in (TaskKind.PREDICT, TaskKind.CORRECT, TaskKind.STEPS)
 
 
 @dataclass(frozen=True)
@@ -245,11 +251,15 @@ class Sweep:
     """One pass over every batch: a denoiser sweep at sampler step `step`, or init/stats/anchor (no step)."""
 
     kind: TaskKind
-    step: int | None = None  # sampler step i of a predict/correct sweep
+    step: int | None = None  # sampler step i of a predict/correct sweep; the first step of a steps sweep
+    steps: int = 1  # sampler steps of a steps sweep
+    evals: int = 1  # model evaluations per block (a steps sweep: one per predict and per correct)
 
     def __post_init__(self) -> None:
         if self.kind.is_model != (self.step is not None):
             raise ValueError(f"a {self.kind} sweep {'needs' if self.kind.is_model else 'has no'} sampler step")
+        if self.steps < 1 or self.evals < 0 or (self.kind is not TaskKind.STEPS and self.steps != 1):
+            raise ValueError(f"a {self.kind} sweep of {self.steps} steps and {self.evals} evaluations")
 
 
 @dataclass(frozen=True)
@@ -258,11 +268,13 @@ class Task:
     kind: TaskKind
     step: int | None  # sampler step i of a predict/correct task; None for the others
     batch: Batch | None  # None for export
+    steps: int = 1  # sampler steps of a steps task
+    evals: int = 1  # model evaluations per block
 
     @property
     def sweep(self) -> Sweep:
-        """Tasks of one sweep share a K/V frontier."""
-        return Sweep(self.kind, self.step)
+        """Tasks of one sweep share a K/V frontier (a steps sweep: one per predict and correct)."""
+        return Sweep(self.kind, self.step, self.steps, self.evals)
 
     @property
     def is_model(self) -> bool:
@@ -296,7 +308,8 @@ class TaskList:
         if not 0 <= index < len(self) - 1:
             raise IndexError(f"task {index} outside 0..{len(self) - 1}")
         sweep = self.sweeps[index // n]
-        return Task(index, sweep.kind, sweep.step, self.batches[index % n])
+        return Task(index, sweep.kind, sweep.step, self.batches[index % n], sweep.steps,
+                    sweep.evals if sweep.kind.is_model else 0)
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
@@ -317,23 +330,40 @@ class TaskList:
             if cursor <= number * n:
                 break
             if sweep.kind.is_model:
-                done += self.batches.blocks_before(min(cursor - number * n, n))
+                done += sweep.evals * self.batches.blocks_before(min(cursor - number * n, n))
         return done
 
     def model_blocks(self) -> int:
         """Block evaluations of the denoiser over the whole job."""
-        sweeps = sum(1 for sweep in self.sweeps if sweep.kind.is_model)
-        return sweeps * self.batches.grid.rows * self.batches.grid.cols
+        evals = sum(sweep.evals for sweep in self.sweeps if sweep.kind.is_model)
+        return evals * self.batches.grid.rows * self.batches.grid.cols
+
+
+def fused_sweeps(steps: int, sampler: str, fuse: int) -> list[Sweep]:
+    """The sampler as steps sweeps of `fuse` consecutive steps (the last group may be shorter); Heun
+    evaluates twice per step but the last (to sigma 0)."""
+    if fuse < 1:
+        raise ValueError(f"fuse must be >= 1 step, got {fuse}")
+    sweeps = []
+    for first in range(0, steps, fuse):
+        count = min(fuse, steps - first)
+        evals = sum(2 if sampler == "heun" and i < steps - 1 else 1 for i in range(first, first + count))
+        sweeps.append(Sweep(TaskKind.STEPS, first, count, evals))
+    return sweeps
 
 
 def job_tasks(grid: Grid, shape: BatchShape, steps: int, sampler: str, anchor: str, *,
-              init_sweep: bool = True) -> TaskList:
+              init_sweep: bool = True, fuse: int = 0) -> TaskList:
     """The task list of a job: init, the sampler's sweeps, stats (global anchoring), anchor, export.
 
     Without `init_sweep` there is no init sweep: x_T is a pure function of the LR, the seed and the block,
-    so the sweeps of step 0 compute it where they need it instead of reading it back from the store (jobs
-    made by streamsr >= 0.3; the job dirs of earlier versions keep their init sweep)."""
-    sweeps = [*([Sweep(TaskKind.INIT)] if init_sweep else []), *sampler_stages(steps, sampler)]
+    so the sweeps of step 0 compute it where they need it instead of reading it back from the store.
+    With `fuse` >= 1 the sampler runs as steps sweeps of that many steps (fused_sweeps). Jobs made by
+    streamsr >= 0.3 are fused; job dirs of earlier versions keep their layout."""
+    if fuse:  # fused steps (no init sweep: the first group computes x_T)
+        sweeps = fused_sweeps(steps, sampler, fuse)
+    else:
+        sweeps = [*([Sweep(TaskKind.INIT)] if init_sweep else []), *sampler_stages(steps, sampler)]
     if anchor == "global":
         sweeps.append(Sweep(TaskKind.STATS))
     sweeps.append(Sweep(TaskKind.ANCHOR))
