@@ -22,6 +22,34 @@ Models:
   shipped  the model shipped in streamsr/models/default (its own 64 px blocks)
 Cases: SAMPLER:STEPS (euler:1 is one block evaluation per block).
 
+Measured (2026-12-01, this 2-core CPU, no GPU; training paused with SIGSTOP, nothing else running;
+`--models zero128,zero64 --cases euler:1,euler:4,heun:2 --lr 1024`, auto batch 8x8 / 8x16):
+
+    model    case     evals/s  overhead ms/eval  (before issue 11: euler:1)   files at LR 1024
+    zero128  euler:1    330      1.52              28 evals/s, 33.4 ms          43   (was 4,103)
+    zero128  euler:4    394      0.80
+    zero128  heun:2     339      1.15  (per-sweep layout; fused steps write 4x less state)
+    zero64   euler:1   1152      0.26              63 evals/s, 12.9 ms          143  (was 16,391)
+    zero64   euler:4   1261      0.13
+    zero64   heun:2    1174      0.20
+    shipped  euler:1     77      0.26  (model 12.8 ms/eval: the engine is 2% of the job)
+    shipped  heun:2      61      0.17
+
+The difference method, (wall at LR 1024 - wall at LR 128) / 1008 - model ms, gives 2.69 ms for zero128
+euler:1 (32.5 before): it also counts the job's creation and export, which grow with the image. The
+near-zero model itself costs ~1.4 ms per 128-px block evaluation here, so euler:1 runs at 330 evals/s, not
+the 500 that a free model would allow. At LR 2048 (8192^2 output, 128-px blocks) a job's store holds 143
+files (euler:1) / 335 (heun:2, per-sweep layout), and the peak RSS is flat with size at a fixed batch
+(1228 MiB at LR 1024, 1243 at LR 2048, batch 8x8; 919 MiB at 1x1).
+
+Backend choice (whole-shard writes of 32 128-px fp32 blocks and single-block reads, uncompressed;
+/tmp/zb.py-style micro-benchmark, quiet machine): zarr-python 3.1.6 writes 1.13-1.22 ms per block and reads
+0.33-0.41 ms per block in whole-shard reads (1.3-2.0 ms for a one-block read of a sharded array); with the
+`zarrs` 0.2.3 codec pipeline 0.42 ms and 0.26 ms (0.66 ms one-block). tensorstore 0.1.86 was not adopted:
+its async API would need a second I/O model, and its measured per-chunk write (0.59 ms with file_io_sync
+off, ECOSYSTEM.md) is no better than zarrs'. streamsr uses zarrs when it is installed (a dependency), and
+zarr-python's own pipeline otherwise; the files are the same zarr v3.
+
 Run (repository root; pause anything else that uses the cores, and say so next to the figures):
 
     .venv/bin/python -m tools.bench_engine --models zero128,zero64 --cases euler:1,euler:4,heun:2 --lr 1024
