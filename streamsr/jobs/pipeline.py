@@ -183,7 +183,7 @@ class TaskPipeline:
                     if sweep_end or stop.signal is not None:
                         self._drain(queued)
                 bar.update(index + 1, self.tasks.model_blocks_before(index + 1), label=task_label(task, self._steps()),
-                           new_blocks=len(task.batch.blocks()) if task.is_model else 0,
+                           new_blocks=task.evals * len(task.batch.blocks()) if task.is_model else 0,
                            force=index + 1 == len(self.tasks))
                 if stop.signal is not None:
                     break

@@ -44,7 +44,9 @@ def eta_seconds(blocks_left: int, blocks_done: int, *, seconds: float) -> float 
 
 
 def task_label(task: Task, steps: int) -> str:
-    """What a task does, for people: "predict 2/20", "anchor"."""
+    """What a task does, for people: "predict 2/20", "steps 1-4/20", "anchor"."""
+    if task.is_model and task.steps > 1:
+        return f"{task.kind} {task.step + 1}-{task.step + task.steps}/{steps}"
     return f"{task.kind} {task.step + 1}/{steps}" if task.is_model else str(task.kind)
 
 
@@ -52,7 +54,7 @@ class ProgressBar:
     """The progress line of a running job: task percentage, model blocks per second of this run, ETA."""
 
     def __init__(self, total_tasks: int, total_blocks: int, *, stream=None, interval: float = 5.0,
-                 enabled: bool = True):
+                 enabled: bool = True, callback=None):
         self.total_tasks = total_tasks
         self.total_blocks = total_blocks  # model block evaluations of the whole job
         self.stream = stream or sys.stderr
@@ -62,9 +64,12 @@ class ProgressBar:
         self.start = time.monotonic()
         self.last = 0.0
         self.session_blocks = 0
+        self.callback = callback  # callback(tasks_done, total_tasks, label) after every task (the Python API)
 
     def update(self, tasks_done: int, blocks_done: int, *, label: str, new_blocks: int, force: bool = False) -> None:
         self.session_blocks += new_blocks
+        if self.callback is not None:
+            self.callback(tasks_done, self.total_tasks, label)
         now = time.monotonic()
         if not self.enabled or (not force and now - self.last < self.interval):
             return
