@@ -27,13 +27,16 @@ Measured (2026-12-01, this 2-core CPU, no GPU; training paused with SIGSTOP, not
 
     model    case     evals/s  overhead ms/eval  (before issue 11: euler:1)   files at LR 1024
     zero128  euler:1    330      1.52              28 evals/s, 33.4 ms          43   (was 4,103)
-    zero128  euler:4    394      0.80
-    zero128  heun:2     339      1.15  (per-sweep layout; fused steps write 4x less state)
+    zero128  euler:4    394      0.80  (per-sweep layout; fused, 4 steps a sweep: 475, 0.91 *)
+    zero128  heun:2     339      1.15  (per-sweep layout; fused, 2 steps a sweep: 470, 0.91 *)
     zero64   euler:1   1152      0.26              63 evals/s, 12.9 ms          143  (was 16,391)
     zero64   euler:4   1261      0.13
     zero64   heun:2    1174      0.20
     shipped  euler:1     77      0.26  (model 12.8 ms/eval: the engine is 2% of the job)
     shipped  heun:2      61      0.17
+
+(*: measured later, while two other processes shared the cores: load average 3.3.) In the fused layout
+`read` also holds the drawing of x_T's noise, which the first steps sweep does instead of reading x_T.
 
 The difference method, (wall at LR 1024 - wall at LR 128) / 1008 - model ms, gives 2.69 ms for zero128
 euler:1 (32.5 before): it also counts the job's creation and export, which grow with the image. The
