@@ -65,7 +65,8 @@ def held_elsewhere(job_dir: JobDir) -> bool:
 
 
 def prepare_job_dir(job_dir: JobDir) -> None:
-    """A job dir is new, a complete job, or an incomplete creation (store but no manifest) to redo."""
+    """A job dir is new, a complete job, or an incomplete creation (store but no manifest) to redo, which
+    `run_stage` deletes once it holds the lock (another process may be creating it right now)."""
     root = job_dir.root
     if root.exists() and not root.is_dir():
         raise BadInput(f"job dir {root} exists and is not a directory")
@@ -75,8 +76,6 @@ def prepare_job_dir(job_dir: JobDir) -> None:
     leftovers = job_dir.foreign()
     if leftovers:
         raise BadInput(f"job dir {root} is not empty and holds no streamsr job ({', '.join(leftovers[:3])})")
-    if job_dir.store.exists():  # killed while being created: nothing in it was committed
-        shutil.rmtree(job_dir.store)
 
 
 def run_stage(job_dir: JobDir, source: LRInput, *, output: Path | None, model_dir: Path, cfg: JobConfig,
@@ -92,6 +91,8 @@ def run_stage(job_dir: JobDir, source: LRInput, *, output: Path | None, model_di
                 JobStore.open(job_dir).commit(output=OutputRef(str(output)))
             log(f"resuming job {job_dir.root} at task {manifest.cursor}/{manifest.total_tasks}")
         else:
+            if job_dir.store.exists():  # killed while being created (we hold the lock): nothing was committed
+                shutil.rmtree(job_dir.store)
             log(f"creating job {job_dir.root}")
             create_job(job_dir, source, output=output, model_dir=model_dir, cfg=cfg, stage=stage,
                        auto_batch=auto[0], auto_placement=auto[1])

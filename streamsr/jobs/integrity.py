@@ -55,7 +55,8 @@ def read_checked(array: zarr.Array, name: str, key, *, origin: tuple[int, int] =
         raise
     except Exception as exc:  # noqa: BLE001 - zarr raises ValueError/RuntimeError/... for damaged chunks
         text = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise DamagedData(f"job {job}: {chunk_of(array, name, *origin)} region is corrupt ({text}); "
+        raise DamagedData(f"job {job}: {chunk_of(array, name, *origin)} (or a block after it in the same shard) is "
+                          f"corrupt ({text}); "
                           f"check the job with: streamsr verify {job}") from None
 
 

@@ -18,16 +18,17 @@ An x16 job dir holds chain.json and two x4 job dirs, stage1/ and stage2/.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
+import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import zarr
+from filelock import FileLock, Timeout
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from ..errors import StreamsrError
@@ -95,6 +96,7 @@ class JobDir:
 
     @property
     def manifest_tmp(self) -> Path:
+        """The prefix of the manifest's temp files (each writer's own: job.json.tmp-PID-RANDOM)."""
         return self.root / f"{MANIFEST}.tmp"
 
     @property
@@ -138,12 +140,13 @@ class JobDir:
 
     def foreign(self) -> list[str]:
         """Names in the dir that creating an x4 job does not make (a dir holding any is not a job's)."""
-        ours = {self.store.name, self.lock.name, self.manifest_tmp.name}
-        return sorted(p.name for p in self.root.iterdir() if p.name not in ours)
+        ours = {self.store.name, self.lock.name}
+        tmp = self.manifest_tmp.name  # job.json.tmp-PID-RANDOM (write_json_atomic)
+        return sorted(p.name for p in self.root.iterdir() if p.name not in ours and not p.name.startswith(tmp))
 
     def partials(self) -> list[Path]:
         """Temp files a killed write leaves behind: zarr's `*.partial` chunks and the manifest's temp file."""
-        return [*self.store.rglob("*.partial"), *self.root.glob(self.manifest_tmp.name)]
+        return [*self.store.rglob("*.partial"), *self.root.glob(self.manifest_tmp.name + "*")]
 
 
 def state_array(step: int) -> str:
@@ -156,7 +159,7 @@ def write_json_atomic(path: Path, data: dict, *, fault_tasks: range = range(0)) 
 
     fault_tasks: the tasks a cursor commit covers (the crash tests' `mid-commit` point of each).
     """
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")  # one per writer
     with open(tmp, "w") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)
         fh.flush()
@@ -329,20 +332,23 @@ class CroppedView:
 
 @contextlib.contextmanager
 def job_lock(where: JobDir | str | os.PathLike):
-    """Hold the job's lock for the life of the block; a second process gets a clear JobError."""
+    """Hold the job's lock for the life of the block; a second process (or thread) gets a clear JobError.
+
+    The lock is an OS lock (filelock: flock on POSIX, LockFileEx on Windows) on the `lock` file, which
+    streamsr never deletes; it is taken before anything in the job dir is created or deleted."""
     job_dir = JobDir.of(where)
-    fh = open(job_dir.lock, "a+")
+    lock = FileLock(job_dir.lock, timeout=0)
     try:
+        lock.acquire()
+    except Timeout:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            owner = fh.read().strip() or "another process"
-            raise JobError(f"job {job_dir.root} is being run by {owner}; wait for it or stop it first") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
+            owner = job_dir.lock.read_text().strip() or "another process"
+        except OSError:
+            owner = "another process"
+        raise JobError(f"job {job_dir.root} is being run by {owner}; wait for it or stop it first") from None
+    try:
+        with contextlib.suppress(OSError):  # who holds it, for the message above (Windows may refuse the write)
+            job_dir.lock.write_text(f"pid {os.getpid()}")
         yield
     finally:
-        fh.close()
+        lock.release()
