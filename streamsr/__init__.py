@@ -1,17 +1,17 @@
 """streamsr: Inf-DiT-style block-streaming diffusion upsampling inside a fixed memory budget.
 
-Public API (imported lazily so that `streamsr --help` stays fast): load_model, denoise, sample,
-ModelConfig, InfDiT.
+Public API (imported lazily so that `streamsr --help` stays fast): upscale_image and StreamSRPipeline
+(images in, images out), load_model, denoise, sample (tensors), ModelConfig, InfDiT.
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_model", "denoise", "sample", "ModelConfig", "InfDiT"]
+__all__ = ["upscale_image", "StreamSRPipeline", "load_model", "denoise", "sample", "ModelConfig", "InfDiT"]
 
 
 def __getattr__(name: str):
-    if name in ("load_model", "denoise", "sample"):
+    if name in ("load_model", "denoise", "sample", "upscale_image", "StreamSRPipeline"):
         from . import api
 
         return getattr(api, name)

@@ -18,7 +18,7 @@ from .stream.engine import SweepStats, denoise_stream
 from .stream.planner import BatchShape
 from .weights import load_model  # noqa: F401  (re-exported: the public API)
 
-__all__ = ["MODES", "denoise", "load_model", "sample", "upsample_full"]
+__all__ = ["MODES", "StreamSRPipeline", "denoise", "load_model", "sample", "upscale_image", "upsample_full"]
 
 MODES = ("full", "stream")
 
@@ -70,3 +70,122 @@ def sample(model: InfDiT, lr: torch.Tensor, *, vector: torch.Tensor | None, step
                        backend=backend)
 
     return sample_loop(call, x, sigmas, sampler)
+
+
+# ----------------------------------------------------------------------------- images in, images out
+
+
+def _job_config(model_dir, *, mode, steps, seed, device, dtype, batch, vram, ram):
+    """JobConfig from the model dir's recommended settings (mode) and the given overrides."""
+    from .config import JobConfig
+    from .weights import model_defaults
+
+    settings = model_defaults(model_dir, mode)
+    if steps is not None:
+        settings["steps"] = int(steps)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, cols = batch or (1, 1)
+    return JobConfig(**settings, seed=int(seed), batch_rows=rows, batch_cols=cols, device=device, dtype=dtype,
+                     vram=vram or 0, ram=ram or 0)
+
+
+def _save_input(image, folder) -> "Path":
+    """A path for `image`: a path as given; a PIL image or an (H, W[, C]) uint8|uint16 array saved losslessly."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        return Path(image)
+    if isinstance(image, Image.Image):
+        path = Path(folder) / "input.png"
+        image.save(path, icc_profile=image.info.get("icc_profile"), exif=image.info.get("exif", b""))
+        return path
+    array = np.asarray(image)
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3):
+        raise ValueError(f"image must be a path, a PIL image or an (H, W[, C]) uint8/uint16 array, "
+                         f"got {array.dtype} {array.shape}")
+    import tifffile
+
+    path = Path(folder) / "input.tif"
+    tifffile.imwrite(path, array, photometric="rgb" if array.ndim == 3 and array.shape[2] >= 3 else "minisblack")
+    return path
+
+
+def upscale_image(image, *, model=None, output=None, scale: int = 4, mode: str | None = None,
+                  steps: int | None = None, seed: int = 0, device: str = "auto", dtype: str = "fp32",
+                  batch: tuple[int, int] | None = None, vram: int | None = None, ram: int | None = None,
+                  callback=None):
+    """Upscale a PIL image, a numpy array or an image path x4 (or x16) with the streamed job engine.
+
+    The same computation as `streamsr upscale` (a temporary job dir, removed at the end): the pixels equal
+    the CLI's for the same settings. model: a model dir (default: the shipped model); mode: "fidelity" or
+    "detail" (the model's recommended settings); callback(tasks_done, total_tasks, label) after every task.
+    Returns the output as a PIL image, or, with `output` (any suffix `streamsr upscale` writes), its path.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    from .jobs.create import resolve_model_dir
+    from .jobs.flows import upscale
+
+    model_dir = resolve_model_dir(model)
+    cfg = _job_config(model_dir, mode=mode, steps=steps, seed=seed, device=device, dtype=dtype, batch=batch,
+                      vram=vram, ram=ram)
+    with tempfile.TemporaryDirectory(prefix="streamsr-api-") as tmp:
+        source = _save_input(image, tmp)
+        target = Path(output) if output is not None else Path(tmp) / "output.png"
+        upscale(source, target, model_dir=model_dir, cfg=cfg, scale=scale, progress=callback or False,
+                auto_batch=batch is None, auto_placement=True)
+        if output is not None:
+            return target
+        with Image.open(target) as im:
+            im.load()
+            return im
+
+
+class StreamSRPipeline:
+    """A diffusers-style pipeline over `upscale_image`: from_pretrained(model_dir), .to(device),
+    __call__(image=..., num_inference_steps=..., generator=..., output_type="pil"), a tqdm progress bar."""
+
+    def __init__(self, model_dir=None, *, device: str = "auto", dtype: str = "fp32"):
+        from .jobs.create import resolve_model_dir
+
+        self.model_dir, self.device, self.dtype = resolve_model_dir(model_dir), device, dtype
+
+    @classmethod
+    def from_pretrained(cls, model_dir=None, *, torch_dtype=None, **_ignored) -> "StreamSRPipeline":
+        return cls(model_dir, dtype="bf16" if torch_dtype is torch.bfloat16 else "fp32")
+
+    def to(self, device) -> "StreamSRPipeline":
+        self.device = str(torch.device(device)) if device != "auto" else "auto"
+        return self
+
+    def __call__(self, image=None, *, num_inference_steps: int | None = None, generator=None, mode: str | None = None,
+                 output_type: str = "pil", scale: int = 4, show_progress: bool = True):
+        """output_type "pil" (a PIL image) or "np" (float32 (H, W, C) in [0, 1]); generator: a torch.Generator
+        whose initial_seed() is the noise seed (noise is drawn per block, so the result is the CLI's)."""
+        import numpy as np
+        from tqdm.auto import tqdm  # installed with diffusers
+
+        seed = generator.initial_seed() if generator is not None else 0
+        bar = tqdm(total=None, disable=not show_progress, unit="task")
+
+        def callback(done: int, total: int, label: str) -> None:
+            bar.total = total
+            bar.set_description(label)
+            bar.update(done - bar.n)
+
+        try:
+            result = upscale_image(image, model=self.model_dir, scale=scale, mode=mode, steps=num_inference_steps,
+                                   seed=seed, device=self.device, dtype=self.dtype, callback=callback)
+        finally:
+            bar.close()
+        if output_type == "np":
+            top = 65535.0 if result.mode.startswith("I") else 255.0
+            return np.asarray(result, dtype=np.float32) / top
+        return result

@@ -284,18 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=cmd_convert_infdit)
 
     up = sub.add_parser("upscale", help="upscale an image x4 (or x16 by chaining two jobs)",
-                        description="Upscale INPUT (PNG, JPEG or TIFF; 8/16-bit; grey, RGB, RGBA) into OUTPUT "
-                                    "(.png written by rows, .tif/.tiff tiled pyramidal BigTIFF, .zarr OME-Zarr, "
-                                    ".dzi DeepZoom). The job state lives in a job dir: kill the process at any time "
+                        description="Upscale INPUT (PNG, JPEG, WebP or TIFF; 8/16-bit; grey, RGB, RGBA, CMYK JPEG) "
+                                    "into OUTPUT (.png written by rows, .tif/.tiff tiled pyramidal BigTIFF, .jpg, "
+                                    ".webp, .zarr OME-Zarr, .dzi DeepZoom), with the input's ICC profile, EXIF and DPI. The job state lives in a job dir: kill the process at any time "
                                     "and run `streamsr resume JOB`. Several files, a folder or a glob go into the "
                                     "folder -o DIR, one job per image under a batch dir (`streamsr resume BATCHDIR` "
                                     "continues it); a summary ends the run, exit 1 if an image failed.")
     up.add_argument("input", nargs="+", help="LR image(s), folder(s) or glob(s) such as 'photos/*.jpg'")
     up.add_argument("-o", "--output", required=True,
-                    help="output image (.png, .tif, .tiff, .zarr, .dzi), or a folder for several inputs")
+                    help="output image (.png, .tif, .tiff, .jpg, .webp, .zarr, .dzi), or a folder for several inputs")
     up.add_argument("-r", "--recursive", action="store_true", help="folders: include their subfolders")
     up.add_argument("--overwrite", action="store_true", help="folders: redo images whose output exists")
-    up.add_argument("--format", choices=("png", "tif", "zarr", "dzi"), default="png",
+    up.add_argument("--format", choices=("png", "tif", "jpg", "webp", "zarr", "dzi"), default="png",
                     help="folders: the outputs' format (default png); names follow the inputs'")
     up.add_argument("--model", help="model dir (default: the model shipped with streamsr)")
     up.add_argument("--job", help="job dir (default: a temporary one beside the output, removed on success); for "
@@ -346,12 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Export a finished job's output by streaming (bounded RAM at any size): PNG by "
                                     "rows, tiled pyramidal BigTIFF, OME-Zarr multiscale, or a DeepZoom (DZI) pyramid.")
     ex.add_argument("job", help="job dir (a x16 job dir exports its second stage)")
-    ex.add_argument("-o", "--output", required=True, help="output path (.png, .tif/.tiff, .zarr, .dzi)")
-    ex.add_argument("--format", choices=("png", "tiff", "zarr", "dzi"), default=None,
+    ex.add_argument("-o", "--output", required=True, help="output path (.png, .tif/.tiff, .jpg, .webp, .zarr, .dzi)")
+    ex.add_argument("--format", choices=("png", "tiff", "jpeg", "webp", "zarr", "dzi"), default=None,
                     help="default: from the output suffix")
     ex.add_argument("--compression", choices=("auto", "zstd", "zlib", "jpeg", "none"), default=None,
                     help="TIFF compression (default auto: zstd when available)")
-    ex.add_argument("--quality", type=int, default=90, help="JPEG quality for TIFF/DZI tiles (default 90)")
+    ex.add_argument("--quality", type=int, default=90,
+                    help="JPEG/WebP quality of .jpg/.webp outputs and of TIFF/DZI jpeg tiles (default 90)")
     ex.add_argument("--tile-format", choices=("jpg", "png"), default=None, help="DZI tiles (default jpg, png with alpha)")
     ex.add_argument("--ngff", choices=("0.5", "0.4"), default="0.5", help="OME-Zarr version (default 0.5)")
     ex.set_defaults(func=cmd_export)

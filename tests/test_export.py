@@ -340,8 +340,8 @@ def test_format_and_path_checks(tmp_path):
     (tmp_path / "notzarr.zarr" / "x").write_text("x")
     (tmp_path / "d_files").mkdir()
     (tmp_path / "d_files" / "notes.txt").write_text("x")
-    cases = [("a.jpg", None, "unsupported output format"), ("a.png", "tiff", "needs a name ending in .tif"),
-             ("a.png", "webp", "unknown export format"), ("missing/a.png", None, "does not exist"),
+    cases = [("a.bmp", None, "unsupported output format"), ("a.png", "tiff", "needs a name ending in .tif"),
+             ("a.png", "webp", "needs a name ending in .webp"), ("a.png", "gif", "unknown export format"), ("missing/a.png", None, "does not exist"),
              ("notzarr.zarr", None, "not a zarr store"), ("d.dzi", None, "not a DeepZoom tile folder")]
     for name, fmt, expected in cases:
         with pytest.raises(BadInput) as exc_info:
@@ -393,7 +393,7 @@ def test_check_output_path_ok(tmp_path):
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("out.jpg", "supported: .png, .tif, .tiff, .zarr, .dzi"),
+    ("out.bmp", "supported: .png, .tif, .tiff, .zarr, .dzi, .jpg, .jpeg, .webp"),
     ("out", "(no suffix)"),
     ("missing/out.png", "does not exist"),
     ("adir.png", "is a directory"),

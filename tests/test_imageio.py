@@ -332,9 +332,9 @@ def _zero_png(tmp_path):
     return patch_ihdr(small_png(tmp_path / "zero.png"), 0, 5)
 
 
-def _cmyk_jpeg(tmp_path):
-    path = tmp_path / "cmyk.jpg"
-    Image.new("CMYK", (8, 8)).save(path)
+def _animated_webp(tmp_path):  # (a CMYK JPEG is read now, converted to sRGB: tests/test_formats.py)
+    path = tmp_path / "anim.webp"
+    Image.new("RGB", (8, 8)).save(path, save_all=True, append_images=[Image.new("RGB", (8, 8), "red")])
     return path
 
 
@@ -377,7 +377,7 @@ BAD_INPUTS = {
     "png over pillow's limit": (_huge_png, "20000x10000"),
     "absurd png": (_absurd_png, "absurd dimensions"),
     "zero-width png": (_zero_png, "empty size"),
-    "cmyk jpeg": (_cmyk_jpeg, "CMYK"),
+    "animated webp": (_animated_webp, "animated WebP"),
     "float tiff": (_float_tiff, "floating-point"),
     "palette tiff": (_palette_tiff, "palette TIFF"),
     "tiff with a bad IFD offset": (_bad_ifd_tiff, "is not a valid TIFF"),

@@ -9,7 +9,7 @@ from .problems import bad_input
 
 MAX_SIDE = 2**31  # pixels per side; more is refused as absurd
 MAX_PIXELS = 2**40  # pixels in all; more is refused as absurd
-INPUT_FORMATS = ("PNG", "JPEG", "TIFF", "ZARR")
+INPUT_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "ZARR")
 MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}  # channels -> mode
 
 

@@ -265,7 +265,7 @@ def _paeth_filter(raw: np.ndarray, prev: np.ndarray, bpp: int) -> np.ndarray:
 class PngWriter(RowWriter):
     """PNG through pypng's header and chunk writers, Paeth-filtered rows fed to one zlib stream."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, chunks: list[tuple[bytes, bytes]] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self._bpp = self.channels * self.dtype.itemsize
         self._prev = np.zeros(self.width * self._bpp, np.uint8)
@@ -274,6 +274,8 @@ class PngWriter(RowWriter):
         header = png.Writer(self.width, self.height, greyscale=self.channels <= 2,
                             alpha=self.channels in (2, 4), bitdepth=self.bit_depth)
         self._guarded(header.write_preamble, self._file)
+        for kind, data in chunks:  # metadata before the pixels
+            self._guarded(png.write_chunk, self._file, kind, data)
 
     def _emit(self, data: bytes, *, final: bool = False) -> None:
         """Gather compressed bytes; write an IDAT chunk once about 1 MiB is there (or at the end)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import png
 import tifffile
-from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 from ..errors import BadInput
 from .info import INPUT_FORMATS, ImageInfo, check_dims
@@ -66,6 +66,8 @@ def _sniff(head: bytes) -> str:
         return "JPEG"
     if head[:4] in _TIFF_MAGICS:
         return "TIFF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
     return ""
 
 
@@ -113,7 +115,8 @@ def _png_mode(path: Path, depth: int, ctype: int, has_trns: bool) -> tuple[str, 
 
 def open_pillow(path: Path, fmt: str) -> Image.Image:
     """Open lazily (header only) with the format's plugin; the pixel limit is checked by us."""
-    cls = PngImagePlugin.PngImageFile if fmt == "PNG" else JpegImagePlugin.JpegImageFile
+    cls = {"PNG": PngImagePlugin.PngImageFile, "WEBP": WebPImagePlugin.WebPImageFile}.get(
+        fmt, JpegImagePlugin.JpegImageFile)
     try:
         return cls(os.fspath(path))
     except DECODE_ERRORS as e:
@@ -163,8 +166,11 @@ def _probe_jpeg(path: Path, stream: bool = False) -> ImageInfo:
         if orientation in (5, 6, 7, 8):
             width, height = height, width
         mode = im.mode
-    if mode == "CMYK":
-        raise bad_input(path, "is a CMYK JPEG, which is not supported; convert it to RGB first")
+    if mode == "CMYK" and stream and over_pillow_limit(width, height):
+        raise bad_input(path, "is a CMYK JPEG above Pillow's limit, which cannot be read by rows; convert it "
+                              "to an RGB tiled TIFF (e.g. vips icc_transform in.jpg in.tif srgb)")
+    if mode == "CMYK":  # converted to sRGB through its ICC profile when read (streamsr.io.read)
+        mode = "RGB"
     if mode not in ("L", "RGB"):
         raise bad_input(path, f"is a JPEG in mode {mode}, which is not supported (only grey and RGB)")
     check_dims(path, width, height)
@@ -262,6 +268,21 @@ def _tiff_page_info(path: Path, page: tifffile.TiffPage) -> ImageInfo:
     return ImageInfo(path, width, height, len(mode), mode, bits, "TIFF")
 
 
+def _probe_webp(path: Path) -> ImageInfo:
+    with open_pillow(path, "WEBP") as im:
+        width, height = im.size
+        frames, mode = getattr(im, "n_frames", 1), im.mode
+        orientation = _jpeg_orientation(im)
+    if frames > 1:
+        raise bad_input(path, f"is an animated WebP ({frames} frames), which is not supported")
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    check_dims(path, width, height)
+    _check_pillow_limit(path, "WEBP", width, height)
+    mode = "RGBA" if "A" in mode else "RGB"
+    return ImageInfo(path, width, height, len(mode), mode, 8, "WEBP")
+
+
 def _probe_tiff(path: Path) -> ImageInfo:
     with open_tiff(path) as tf:
         return _tiff_page_info(path, tf.pages.first)
@@ -286,6 +307,8 @@ def probe(path: os.PathLike | str, *, stream: bool = False) -> ImageInfo:
         return _probe_jpeg(path, stream)
     if fmt == "TIFF":
         return _probe_tiff(path)
+    if fmt == "WEBP":
+        return _probe_webp(path)
     raise _unsupported_format(path)
 
 

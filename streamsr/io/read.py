@@ -10,6 +10,7 @@ whole and sliced. What a file is, and what is refused, is decided by `streamsr.i
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,11 +37,32 @@ def _read_pillow(info: ImageInfo) -> np.ndarray:
     with open_pillow(info.path, info.format) as im:
         try:
             im.load()
-            if info.format == "JPEG":
+            if im.mode == "CMYK":
+                im = cmyk_to_srgb(im)
+            if info.format in ("JPEG", "WEBP"):
                 im = ImageOps.exif_transpose(im)
             return pillow_pixels(im, info)
         except DECODE_ERRORS as e:
             raise bad_input(info.path, f"is a corrupt or truncated {info.format}: {reason(e)}") from e
+
+
+def cmyk_to_srgb(im):
+    """A CMYK image in sRGB: through its embedded ICC profile when it has one (littleCMS, perceptual),
+    else Pillow's plain conversion."""
+    from PIL import ImageCms
+
+    icc = im.info.get("icc_profile")
+    if icc:
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            out = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            out.info = dict(im.info)
+            return out
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass
+    out = im.convert("RGB")
+    out.info = dict(im.info)
+    return out
 
 
 def _tiff_decode(path: Path, read) -> np.ndarray:

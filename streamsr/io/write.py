@@ -142,8 +142,9 @@ class TiffRowWriter(RowWriter):
 
 
 def open_writer(path: os.PathLike | str, width: int, height: int, channels: int, bit_depth: int, *,
-                compress: bool = True) -> RowWriter:
-    """A RowWriter for `path`, chosen by suffix (.png, .tif, .tiff); compress=False stores raw."""
+                compress: bool = True, chunks: list[tuple[bytes, bytes]] = ()) -> RowWriter:
+    """A RowWriter for `path`, chosen by suffix (.png, .tif, .tiff); compress=False stores raw; `chunks`:
+    PNG chunks (type, data) written before the pixels (metadata: iCCP, pHYs, eXIf)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
@@ -153,5 +154,6 @@ def open_writer(path: os.PathLike | str, width: int, height: int, channels: int,
     max_value(bit_depth)
     if not (0 < width < MAX_SIDE and 0 < height < MAX_SIDE and width * height <= MAX_PIXELS):
         raise ValueError(f"bad output size {width}x{height}")
-    cls = PngWriter if suffix == ".png" else TiffRowWriter
-    return cls(path, width, height, channels, bit_depth, compress=compress)
+    if suffix == ".png":
+        return PngWriter(path, width, height, channels, bit_depth, compress=compress, chunks=chunks)
+    return TiffRowWriter(path, width, height, channels, bit_depth, compress=compress)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..io.export import check_export_path, export_array
+from ..io.metadata import ImageMeta, read_meta
 from ..io.problems import one_line, reason
 from .integrity import checked_output
 from .manifest import JobStatus, Manifest
@@ -31,6 +32,22 @@ def _finished_manifest(job_dir: JobDir, shown: os.PathLike | str) -> Manifest:
     return manifest
 
 
+def output_meta(job_dir: JobDir, manifest: Manifest) -> ImageMeta:
+    """The ICC profile, EXIF and DPI for a job's output, from its input file (a x16 chain's second stage: the
+    chain's input, scaled x16); empty when the input file is gone or is a zarr store."""
+    import json  # noqa: PLC0415
+
+    source, scale = Path(manifest.input.path), 4
+    chain = job_dir.root.parent / "chain.json"
+    if not source.is_file() and chain.is_file():
+        try:
+            source, scale = Path(json.loads(chain.read_text())["input"]), 16
+        except (OSError, ValueError, KeyError, TypeError):
+            return ImageMeta()
+    h, w = manifest.geometry.hr_size
+    return read_meta(source).for_output(scale=scale, size=(w, h))
+
+
 def export_job(job_dir: JobDir | os.PathLike | str, path: os.PathLike | str, fmt: str | None = None,
                **options) -> Path:
     """Export the output of a finished job (x4 job dir, or a x16 job dir: its second stage) to `path`.
@@ -47,6 +64,7 @@ def export_job(job_dir: JobDir | os.PathLike | str, path: os.PathLike | str, fmt
                        f"streamsr resume {shown}")
     manifest = _finished_manifest(result, shown)
     check_export_path(path, fmt=fmt)
+    options.setdefault("meta", output_meta(result, manifest))  # ICC profile, EXIF, DPI of the input
     import zarr  # noqa: PLC0415
 
     try:

@@ -18,6 +18,7 @@ from ..io.depth import to_uint
 from ..io.export import export_array
 from ..stream.planner import Batch, batch_box
 from .blockio import BlockIO, BlockWrite, Box
+from .export import output_meta
 from .integrity import CheckedArray, checked_output
 from .manifest import AnchorMoments
 from .progress import Timers
@@ -110,4 +111,5 @@ class Finalizer:
         with self.timers("write"):
             output = checked_output(self.store.reading("output"), folder=self.store.dir.store / "output",
                                     job=str(self.store.dir.root))
-            export_array(output, self.geo.hr_size, self.output.path, bit_depth=self.input.bit_depth)
+            export_array(output, self.geo.hr_size, self.output.path, bit_depth=self.input.bit_depth,
+                         meta=output_meta(self.store.dir, self.store.manifest))

@@ -38,8 +38,8 @@ def quiet_log(message: str) -> None:
 
 
 def logger(progress: bool):
-    """What the flows print with: `log`, or nothing when progress output is off (-q)."""
-    return log if progress else quiet_log
+    """What the flows print with: `log`, or nothing when progress output is off (-q) or goes to a callback."""
+    return log if progress is True else quiet_log
 
 
 TEMP_JOB_PREFIX = ".streamsr-job-"  # a job dir made by `upscale` without --job, removed once the job is done

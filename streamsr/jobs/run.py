@@ -102,7 +102,8 @@ def run_job(where: JobDir | Path, *, model_dir: Path | None = None, progress: bo
         if stray:
             log(f"removed {len(stray)} partial file(s) left by an interrupted write")
         _refill_frontier(tasks, m.cursor, pipeline, log)
-        bar = ProgressBar(len(tasks), tasks.model_blocks(), enabled=progress)
+        bar = ProgressBar(len(tasks), tasks.model_blocks(), enabled=progress is True,
+                          callback=progress if callable(progress) else None)
         m = store.commit(status=JobStatus.RUNNING, updated=now_iso())
         clock = RunClock(dict(m.seconds), time.monotonic())
         with StopFlag() as stop:

@@ -5,6 +5,10 @@ DeepZoom, streaming; the format is chosen by name or by the path's suffix, one m
     tiff  .tif .tiff    tiff.py: tiled (512 x 512) BigTIFF with 2x-reduced SubIFDs; zstd, zlib, jpeg, none
     zarr  .zarr         zarr.py: OME-Zarr (NGFF 0.5 / zarr v3, or 0.4 / zarr v2), chunks (C, 512, 512)
     dzi   .dzi          dzi.py: DeepZoom, 254 px tiles with 1 px overlap, down to 1 x 1, 8-bit
+    jpeg  .jpg .jpeg    jpeg.py: 8-bit, whole image through Pillow (side <= 65500)
+    webp  .webp         webp.py: 8-bit, whole image through Pillow (side <= 16383)
+
+PNG, TIFF, JPEG and WebP carry `meta` (streamsr.io.metadata: ICC profile, EXIF, DPI; TIFF: ICC and DPI).
 
 The source is read top to bottom in bands (one chunk row for png/dzi, 512 rows for tiff/zarr), each
 band filled into one reused buffer by column pieces of whole chunks (base.ArraySource), cropped to the
@@ -27,12 +31,14 @@ from pathlib import Path
 from ...errors import BadInput
 from ..atomic import check_target, output_guard, unsupported_suffix
 from ..problems import OutputError, bad_input
-from . import dzi, png, tiff, zarr
+from ..metadata import ImageMeta
+from . import dzi, jpeg, png, tiff, webp, zarr
 from .base import ArraySource, ExportOptions, Progress, zarr_limits
 
-FORMATS = ("png", "tiff", "zarr", "dzi")
-_MODULES = {"png": png, "tiff": tiff, "zarr": zarr, "dzi": dzi}
-_WRITERS = {"png": png.export_png, "tiff": tiff.export_tiff, "zarr": zarr.export_zarr, "dzi": dzi.export_dzi}
+FORMATS = ("png", "tiff", "zarr", "dzi", "jpeg", "webp")
+_MODULES = {"png": png, "tiff": tiff, "zarr": zarr, "dzi": dzi, "jpeg": jpeg, "webp": webp}
+_WRITERS = {"png": png.export_png, "tiff": tiff.export_tiff, "zarr": zarr.export_zarr, "dzi": dzi.export_dzi,
+            "jpeg": jpeg.export_jpeg, "webp": webp.export_webp}
 SUFFIXES = {name: module.SUFFIXES for name, module in _MODULES.items()}
 _BAND_ROWS = {"tiff": tiff.TIFF_TILE, "zarr": zarr.ZARR_CHUNK}  # source rows per band; else the caller's
 
@@ -43,8 +49,7 @@ def export_format(path: os.PathLike | str, *, fmt: str | None = None) -> str:
     suffix = path.suffix.lower()
     if fmt is not None:
         fmt = fmt.lower()
-        if fmt == "tif":
-            fmt = "tiff"
+        fmt = {"tif": "tiff", "jpg": "jpeg"}.get(fmt, fmt)
         if fmt not in FORMATS:
             raise BadInput(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")
         if suffix not in SUFFIXES[fmt]:
@@ -77,7 +82,8 @@ def check_export_path(path: os.PathLike | str, *, fmt: str | None = None) -> tup
 def export_array(arr, hr_size: tuple[int, int], path: os.PathLike | str, *, fmt: str | None = None,
                  bit_depth: int | None = None, compression: str | None = None, quality: int = 90,
                  tile_format: str | None = None, ngff: str = "0.5", workers: int = 1,
-                 band_rows: int | None = None, progress: Progress | None = None) -> Path:
+                 band_rows: int | None = None, progress: Progress | None = None,
+                 meta: ImageMeta | None = None) -> Path:
     """Export the top-left `hr_size` (H, W) of `arr` ((H_pad, W_pad, C) uint8|uint16) to `path`.
 
     fmt: "png", "tiff", "zarr", "dzi" or None (from the suffix). bit_depth: 8 or 16 (default: the
@@ -86,12 +92,13 @@ def export_array(arr, hr_size: tuple[int, int], path: os.PathLike | str, *, fmt:
     tile_format: DZI "jpg" or "png" (default jpg, png with alpha). ngff: OME-Zarr "0.5" or "0.4".
     workers: DZI tile-encoding threads. band_rows: source rows read at a time for png and dzi
     (default one chunk row; tiff and zarr read one 512-row tile row at a time).
-    progress(done_rows, total_rows) is called as level 0 advances. Returns the path written.
+    progress(done_rows, total_rows) is called as level 0 advances. meta: the ICC profile, EXIF and DPI
+    to write (PNG, TIFF, JPEG, WebP). Returns the path written.
     """
     path, fmt = check_export_path(path, fmt=fmt)
     src = ArraySource(arr, hr_size, bit_depth=bit_depth, band_rows=_BAND_ROWS.get(fmt, band_rows))
     options = ExportOptions(compression=compression, quality=quality, tile_format=tile_format, ngff=ngff,
-                            workers=workers)
+                            workers=workers, meta=meta)
     if fmt == "tiff":
         tiff.tiff_compression(compression, src.channels, src.bit_depth)  # refuse bad options before any work
     with output_guard(path, _MODULES[fmt].temporaries(path)), zarr_limits():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..depth import convert_depth, depth_of
+from ..metadata import ImageMeta
 from ..problems import bad_input, reason
 
 MAX_SOURCE_BAND_BYTES = 64 << 20  # a source band is whole chunk rows, split if one is larger than this
@@ -30,6 +31,7 @@ class ExportOptions:
     tile_format: str | None = None  # DZI: "jpg" or "png" (default jpg, png with alpha)
     ngff: str = "0.5"  # OME-Zarr: "0.5" (zarr v3) or "0.4" (zarr v2)
     workers: int = 1  # DZI tile-encoding threads
+    meta: ImageMeta | None = None  # ICC profile, EXIF, DPI to carry (PNG, TIFF, JPEG, WebP)
 
 
 def report(progress: Progress | None, done: int, total: int) -> None:
@@ -124,3 +126,30 @@ def zarr_limits():
 
     with zarr.config.set({"async.concurrency": ZARR_CONCURRENCY}):
         yield
+
+
+def pillow_save(src: ArraySource, path, options: ExportOptions, progress: Progress | None, *, fmt: str,
+                max_side: int, alpha: bool, **save_args) -> None:
+    """Write `src` as an 8-bit `fmt` ("JPEG", "WEBP") through Pillow: the image is gathered whole (these
+    formats have no streaming encoder), so its side must be <= max_side; alpha dropped unless `alpha`."""
+    from PIL import Image  # noqa: PLC0415
+
+    from ..atomic import commit_file, open_temp, partial_path  # noqa: PLC0415
+
+    if max(src.width, src.height) > max_side:
+        raise bad_input(path, f"{fmt} holds at most {max_side} px a side, the output is {src.width}x{src.height}; "
+                              "write .png or .tif (then `streamsr export JOB -o ...` from a kept job)")
+    pixels = np.empty((src.height, src.width, src.channels), np.uint8)
+    for y0, band in src.bands(8):
+        pixels[y0: y0 + len(band)] = band
+        report(progress, y0 + len(band), src.height)
+    keep = src.channels if alpha or src.channels in (1, 3) else src.channels - 1
+    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[keep]
+    image = Image.fromarray(np.ascontiguousarray(pixels[:, :, :keep]) if keep != src.channels else pixels, mode)
+    if fmt == "WEBP" and mode in ("L", "LA"):
+        image = image.convert("RGBA" if mode == "LA" else "RGB")
+    meta = options.meta.pillow_args() if options.meta else {}
+    tmp = partial_path(path)
+    with open_temp(tmp) as fh:
+        image.save(fh, format=fmt, quality=options.quality, **meta, **save_args)
+        commit_file(fh, tmp, path)

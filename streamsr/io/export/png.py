@@ -17,7 +17,8 @@ def temporaries(path: Path) -> list[Path]:
 
 def export_png(src: ArraySource, path: Path, options: ExportOptions, progress: Progress | None) -> None:
     """Write `src` to `path` as a PNG (the writer renames it onto `path` when complete)."""
-    with open_writer(path, src.width, src.height, src.channels, src.bit_depth) as writer:
+    chunks = options.meta.png_chunks() if options.meta else []
+    with open_writer(path, src.width, src.height, src.channels, src.bit_depth, chunks=chunks) as writer:
         for y0, band in src.bands():
             writer.write_rows(band)
             report(progress, y0 + len(band), src.height)

@@ -113,7 +113,8 @@ def export_tiff(src: ArraySource, path: Path, options: ExportOptions, progress: 
 
         with open(tmp, "wb") as fh:
             with tifffile.TiffWriter(fh, bigtiff=True) as tw:
-                tw.write(tiles0(), subifds=len(levels), **level_options(sizes[0]))
+                tw.write(tiles0(), subifds=len(levels), **level_options(sizes[0]),
+                         **(options.meta.tiff_tags() if options.meta else {}))
                 cascade.finish()
                 if not all(r.complete for r in sub):
                     raise RuntimeError("the pyramid cascade did not fill every level")
