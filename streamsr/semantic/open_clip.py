@@ -48,7 +48,11 @@ def _quiet_logging():
 
 def _build_open_clip(model: str | dict, device: str | torch.device):
     """(architecture with random weights, tokenizer) of a built-in name or an inline config; no download."""
-    import open_clip
+    try:
+        import open_clip
+    except ImportError:
+        raise BadInput('this model\'s semantic encoder is open_clip, which is not installed: '
+                       'pip install "streamsr[clip]" (open_clip_torch and torchvision)') from None
 
     kwargs = dict(pretrained=None, load_weights=False, pretrained_image=False, pretrained_text=False,
                   device=device)
