@@ -117,3 +117,10 @@ def test_metadata_for_the_output():
     assert back[ORIENTATION] == 1
     assert ImageMeta().for_output(scale=4, size=(1, 1)) == ImageMeta()
     assert read_meta("/nonexistent.png") == ImageMeta()
+
+
+def test_a_webp_too_large_for_the_format_is_refused_before_any_work(work, tmp_path, capsys):  # noqa: F811
+    Image.new("RGB", (4100, 2)).save(tmp_path / "wide.png")  # x4: 16400 px > WebP's 16383
+    assert run_cli("upscale", tmp_path / "wide.png", "-o", tmp_path / "o.webp", "--model", work / "model", *ARGS) == 2
+    assert "holds at most 16383 px" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.png"]

@@ -53,6 +53,20 @@ def check_device(device: str) -> None:
         raise BadInput(f"--device {device} was asked for but torch sees no CUDA device (use --device auto or cpu)")
 
 
+def check_output_size(input_path: Path, output: Path, scale: int) -> None:
+    """Before any work: an output format with a side limit (JPEG, WebP) must hold the upscaled input."""
+    from ..io.export import export_format, max_side
+    from ..io.probe import probe
+
+    limit = max_side(export_format(output))
+    if limit:
+        info = probe(input_path, stream=True)  # the header only
+        w, h = info.width * scale, info.height * scale
+        if max(w, h) > limit:
+            raise BadInput(f"output {output.name} would be {w}x{h}, but {output.suffix} holds at most {limit} px "
+                           "a side; choose .png or .tif")
+
+
 def held_elsewhere(job_dir: JobDir) -> bool:
     """Whether another process holds the job's lock now."""
     if not job_dir.lock.exists():
@@ -189,6 +203,7 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
     if input_path.resolve() == output:
         raise BadInput(f"output {output} is the input; choose another output name")
     check_export_path(output)
+    check_output_size(input_path, output, scale)
     check_device(cfg.device)
     log = logger(progress)
     model_dir = resolve_model_dir(model_dir)

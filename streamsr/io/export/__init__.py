@@ -61,6 +61,11 @@ def export_format(path: os.PathLike | str, *, fmt: str | None = None) -> str:
     raise unsupported_suffix(path, tuple(s for suffixes in SUFFIXES.values() for s in suffixes))
 
 
+def max_side(fmt: str) -> int | None:
+    """The largest side `fmt` can hold (JPEG, WebP), or None when only disk and memory limit it."""
+    return getattr(_MODULES[fmt], "MAX_SIDE", None)
+
+
 def check_export_path(path: os.PathLike | str, *, fmt: str | None = None) -> tuple[Path, str]:
     """Fail early (BadInput) unless `path` can receive an export; returns (path, format).
 
@@ -107,4 +112,4 @@ def export_array(arr, hr_size: tuple[int, int], path: os.PathLike | str, *, fmt:
 
 
 __all__ = ["FORMATS", "SUFFIXES", "ExportOptions", "OutputError", "Progress", "check_export_path",
-           "export_array", "export_format"]
+           "export_array", "export_format", "max_side"]
