@@ -22,7 +22,7 @@ from .export import output_meta
 from .integrity import CheckedArray, checked_output
 from .manifest import AnchorMoments
 from .progress import Timers
-from .store import CroppedView, JobStore, state_array
+from .store import CroppedView, JobStore, final_array
 
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601: grey output from the RGB model
 
@@ -36,7 +36,7 @@ class Finalizer:
         self.timers = timers
         self.io = BlockIO(store, device=device, timers=timers)
         self.anchor_mode = m.job.anchor
-        self.final = state_array(m.job.steps)  # x_0, the sampler's result
+        self.final = final_array(m)  # x_0, the sampler's result
         self.geo = m.geometry
         self.input = m.input
         self.output = m.output

@@ -309,7 +309,8 @@ def plan_lines(plan: MemoryPlan | None, job: JobConfig) -> list[str]:
     budgets = {"vram": job.vram, "ram": job.ram}
     budget = ", ".join(f"--{k} {format_bytes(v)}" for k, v in budgets.items() if v) or "no budget"
     parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in plan.parts.items() if v)
-    return [f"plan:     batch {plan.batch[0]}x{plan.batch[1]}, frontier on {plan.placement} ({budget})",
+    fused = f", {plan.fuse} sampler step(s) per sweep" if plan.fuse else ""
+    return [f"plan:     batch {plan.batch[0]}x{plan.batch[1]}, frontier on {plan.placement}{fused} ({budget})",
             f"memory:   predicted peak device {format_bytes(plan.device_bytes)}, host "
             f"{format_bytes(plan.host_bytes)}, disk {format_bytes(plan.disk_bytes)}",
             f"parts:    {parts}"]

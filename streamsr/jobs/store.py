@@ -150,8 +150,18 @@ class JobDir:
 
 
 def state_array(step: int) -> str:
-    """The ping-pong state array holding x after `step` sampler steps (x_T is step 0)."""
+    """The ping-pong state array holding x after `step` sampler steps (x_T is step 0), per-sweep layout."""
     return STATE_ARRAYS[step % 2]
+
+
+def group_array(group: int) -> str:
+    """The ping-pong state array holding x after `group` steps sweeps (fused layout; x_T is group 0)."""
+    return STATE_ARRAYS[group % 2]
+
+
+def final_array(manifest: Manifest) -> str:
+    """The state array holding the sampler's result x_0."""
+    return group_array(manifest.groups) if manifest.fuse_steps else state_array(manifest.job.steps)
 
 
 def write_json_atomic(path: Path, data: dict, *, fault_tasks: range = range(0)) -> None:
