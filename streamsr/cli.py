@@ -186,7 +186,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
     disk = store_bytes(geo, channels=channels, bit_depth=depth, alpha=alpha, vector_dim=mcfg.vector_dim)
     print(f"store:    job dir {format_bytes(disk)} on disk ({disk / (h * w):.0f} bytes per output pixel; "
           "plus the frontier's disk spill above)")
+    if args.workers != 1:
+        print(scaling_line(mcfg, cfg, out_hw=(h, w), workers=args.workers))
     return EXIT_OK
+
+
+def scaling_line(mcfg, cfg, *, out_hw: tuple[int, int], workers: int) -> str:
+    """`plan --workers N`: the scaling model's prediction (stream/scaling.py) for the planned job."""
+    from .jobs.progress import format_seconds
+    from .stream.memory import format_bytes
+    from .stream.scaling import predict_scaling
+
+    if workers < 1:
+        raise BadInput(f"--workers must be >= 1, got {workers}")
+    evals = 2 * cfg.steps - 1 if cfg.sampler == "heun" else cfg.steps
+    p = predict_scaling(mcfg, out_hw=out_hw, sweeps=evals, workers=workers, batch=(cfg.batch_rows, cfg.batch_cols),
+                        itemsize=2 if cfg.dtype == "bf16" else 4, vram=cfg.vram or None)
+    return (f"scaling:  {workers} CUDA devices (predicted, docs/scaling.md): {p.sweeps_in_flight} sweep(s) in "
+            f"flight x {p.bands} band(s), {format_seconds(p.wall_seconds)} vs {format_seconds(p.one_device_seconds)} on one "
+            f"({p.speedup:.1f}x), per rank {format_bytes(p.rank_device_bytes)} of device memory")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -339,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--model", help="model dir (default: the shipped model)")
     pl.add_argument("--size", type=parse_wxh, help="output size WxH in pixels")
     pl.add_argument("--input", help="an input image: its size is read from the header, no pixels decoded")
+    pl.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="also predict the job on N devices (docs/scaling.md; multi-device runs are not built yet)")
     add_plan_args(pl)
     pl.set_defaults(func=cmd_plan, seed=0, prompt_pos=None, prompt_neg=None)
 

@@ -43,3 +43,13 @@ def test_bands_hold_their_share_of_the_frontier():
 def test_bad_counts_are_refused():
     with pytest.raises(ValueError):
         predict_scaling(OFFICIAL, out_hw=(1024, 1024), sweeps=0, workers=2)
+
+
+def test_plan_prints_the_prediction_for_n_workers(capsys):
+    from streamsr.cli import main
+
+    assert main(["plan", "--size", "4096x4096", "--workers", "4"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("scaling:")]
+    assert len(line) == 1 and "4 CUDA devices" in line[0] and "x" in line[0]
+    assert main(["plan", "--size", "4096x4096", "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
