@@ -137,3 +137,15 @@ def test_old_job_dirs_resume_and_say_unverified(tmp_path):
     assert any("before checksums existed" in note for note in report.notes)
     assert main(["resume", str(job), "--model", str(GOLDEN / "model"), "-q"]) == 0
     assert (tmp_path / "v1.png").is_file()
+
+
+def test_corrupt_lr_stops_the_sampler_at_its_first_read(done, tmp_path, capsys):
+    job = copy_job(done, tmp_path)
+    m = read_manifest(job)
+    write_json_atomic(job / "job.json", replace(m, cursor=0, status=JobStatus.INTERRUPTED).to_json())
+    flip_byte(shard_files(job, "lr")[0], at=200)
+    capsys.readouterr()
+    assert main(["resume", str(job), "-q"]) == 2
+    line = one_error_line(capsys)
+    assert "lr block (row 0, col 0)" in line and "corrupt" in line
+    assert read_manifest(job).cursor == 0

@@ -31,10 +31,9 @@ def has_checksums(array: zarr.Array) -> bool:
 
 
 def python_pipeline():
-    """A context in which opened arrays use zarr-python's own codec pipeline (checksums always checked,
-    empty chunks written: a black output block is stored, so a missing one is visible)."""
-    return zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline",
-                            "array.write_empty_chunks": True})
+    """A context in which opened arrays use zarr-python's own codec pipeline (checksums checked on every
+    decode; `zarrs` checks them only when it decodes a whole shard)."""
+    return zarr.config.set({"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"})
 
 
 def chunk_of(array: zarr.Array, name: str, y: int, x: int) -> str:
@@ -94,10 +93,11 @@ class CheckedArray:
         return data
 
 
-def absent_chunks(array: zarr.Array, folder) -> list[tuple[int, ...]]:
-    """Chunk coordinates inside the array that no shard stores (the shard file is gone, or its index marks
-    the chunk empty), for a sharded array of a local store at `folder` (the array's own dir). Arrays
-    without shards: chunk files that do not exist."""
+def absent_chunks(array: zarr.Array, folder, *, inner: bool = True) -> list[tuple[int, ...]]:
+    """Chunk coordinates inside the array that no shard stores (the shard file is gone, or, with `inner`,
+    its index marks the chunk empty), for a sharded array of a local store at `folder` (the array's own
+    dir). Arrays without shards: chunk files that do not exist. The `zarrs` pipeline stores no chunk that
+    equals the fill value: `inner` only where that never happens (NaN fill), not for the output array."""
     from pathlib import Path  # noqa: PLC0415
 
     folder = Path(folder)
@@ -114,26 +114,41 @@ def absent_chunks(array: zarr.Array, folder) -> list[tuple[int, ...]]:
     for shard in np.ndindex(*(-(-n // s) for n, s in zip(array.shape, array.shards))):
         path = folder / array.metadata.encode_chunk_key(shard)
         entries = None
-        if path.is_file() and path.stat().st_size >= count * 16 + 4:
+        if inner and path.is_file() and path.stat().st_size >= count * 16 + 4:
             with open(path, "rb") as fh:
                 fh.seek(-(count * 16 + 4), 2)
                 entries = np.frombuffer(fh.read(count * 16), "<u8").reshape(count, 2)
         for n, local in enumerate(np.ndindex(*per)):
             coords = tuple(int(s * p + i) for s, p, i in zip(shard, per, local))
-            if all(c < g for c, g in zip(coords, grid)) and (entries is None or entries[n, 0] == 2 ** 64 - 1):
+            stored = path.is_file() if entries is None else entries[n, 0] != 2 ** 64 - 1
+            if all(c < g for c, g in zip(coords, grid)) and not stored:
                 absent.append(coords)
     return absent
 
 
 def checked_output(array: zarr.Array, *, folder, job: str) -> CheckedArray:
-    """The output array of a job whose anchor tasks all ran, for export: DamagedData if a block of it is
-    not stored (a black block is stored too, python_pipeline), else a CheckedArray (checksums checked as
-    it is read). Arrays without checksums (earlier versions) cannot be checked and are taken as they are."""
+    """The output array of a job whose anchor tasks all ran, for export: DamagedData if a shard of it is
+    missing, else a CheckedArray (checksums checked as it is read). Arrays without checksums (earlier
+    versions) cannot be checked and are taken as they are."""
     if has_checksums(array):
-        absent = absent_chunks(array, folder)
+        absent = absent_chunks(array, folder, inner=False)
         if absent:
             r, c = absent[0][:2]
             raise DamagedData(f"job {job}: output block (row {r}, col {c}) is missing"
                               f"{f' (and {len(absent) - 1} more)' if len(absent) > 1 else ''}; "
                               f"check the job with: streamsr verify {job}")
     return CheckedArray(array, "output", job=job)
+
+
+def data_has_nan_fill(array: zarr.Array) -> bool:
+    """A float array whose fill value is NaN (its stored chunks are never all fill)."""
+    return array.dtype.kind == "f" and math.isnan(float(array.metadata.fill_value))
+
+
+def check_chunks(array: zarr.Array, name: str, *, job: str) -> None:
+    """Read a (1, C, H, W) array shard by shard (chunk by chunk without shards) through `array`'s pipeline:
+    with zarr-python's, every stored chunk's checksum is checked; DamagedData names the first bad one."""
+    step = array.shards or array.chunks
+    for start in np.ndindex(*(-(-n // s) for n, s in zip(array.shape, step))):
+        key = tuple(slice(i * s, min((i + 1) * s, n)) for i, s, n in zip(start, step, array.shape))
+        read_checked(array, name, key, origin=(key[-2].start, key[-1].start), job=job)

@@ -36,7 +36,7 @@ from ..stream.memory import LR_SHARD_BLOCKS, SHARD_BYTES
 from ..stream.planner import BatchShape
 from .consistency import check_loaded, check_raw, check_runnable
 from .faults import kill_point_in
-from .integrity import check_present, has_checksums, python_pipeline, read_checked
+from .integrity import check_chunks, check_present, has_checksums, python_pipeline, read_checked
 from .manifest import FORMAT, Geometry, Manifest
 
 MANIFEST = "job.json"
@@ -209,6 +209,7 @@ class JobStore:
         self.dir = job_dir
         self.group = group
         self._arrays: dict[str, zarr.Array] = {}  # opened once: each open reads the array's zarr.json
+        self._checked: set[str] = set()  # arrays whose checksums were all checked (check_once)
         self.manifest = manifest
 
     @property
@@ -295,6 +296,13 @@ class JobStore:
             check_present(data, array, name, origin=origin, job=str(self.dir.root))
         return data
 
+    def check_once(self, name: str) -> None:
+        """Check every chunk checksum of an array that a run never writes (lr, alpha) once, shard by shard
+        (DamagedData naming the first bad one); later reads of it may then skip the checks (`zarrs`)."""
+        if name not in self._checked:
+            check_chunks(self.reading(name), name, job=str(self.dir.root))
+            self._checked.add(name)
+
     def reading(self, name: str) -> zarr.Array:
         """The array `name` opened for reads: with zarr-python's pipeline when its chunks have checksums
         (which it checks on every decode), else the same as `array`."""
@@ -324,7 +332,7 @@ class JobStore:
         """The array `name`, opened once (with the fastest codec pipeline there is, `codec_pipeline`)."""
         array = self._arrays.get(name)
         if array is None:
-            with python_pipeline() if name == "output" else codec_pipeline():  # zarrs drops black chunks
+            with codec_pipeline():
                 array = self._arrays[name] = self.group[name]
         return array
 

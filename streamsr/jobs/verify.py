@@ -18,7 +18,7 @@ import torch
 import zarr
 
 from ..stream.planner import TaskKind
-from .integrity import DamagedData, absent_chunks, has_checksums, python_pipeline, read_checked
+from .integrity import DamagedData, absent_chunks, data_has_nan_fill, has_checksums, python_pipeline, read_checked
 from .manifest import JobStatus, Manifest
 from .progress import Timers
 from .store import JobDir, JobStore
@@ -71,7 +71,7 @@ def required_arrays(store: JobStore) -> set[str]:
 def _verify_array(store: JobStore, name: str, array: zarr.Array, required: bool, report: VerifyReport) -> None:
     job = str(store.dir.root)
     checked = has_checksums(array)
-    absent = set(absent_chunks(array, store.dir.store / name)) if checked else set()
+    absent = set(absent_chunks(array, store.dir.store / name, inner=data_has_nan_fill(array))) if checked else set()
     damaged: list[str] = []
     step = array.shards or array.chunks
     for start in np.ndindex(*(-(-n // s) for n, s in zip(array.shape, step))):
