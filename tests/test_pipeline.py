@@ -227,3 +227,26 @@ def count_state_writes(monkeypatch) -> dict[str, int]:
 
     monkeypatch.setattr(store_mod.JobStore, "write", counting)
     return written
+
+
+def test_shard_file_check_finds_a_flipped_byte_in_any_chunk_and_in_the_index(tmp_path):
+    """integrity.check_shard_files (the per-run check of lr and alpha) against zarr-python's own decode."""
+    from streamsr.jobs.integrity import DamagedData, check_shard_files
+    from zarr.codecs import Crc32cCodec
+
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w")
+    array = group.create_array("lr", shape=(1, 3, 40, 56), chunks=(1, 3, 8, 8), shards=(1, 3, 16, 48),
+                               dtype="float32", compressors=[Crc32cCodec()], fill_value=float("nan"))
+    array[...] = np.random.default_rng(0).random((1, 3, 40, 56), dtype=np.float32)
+    root = tmp_path / "s.zarr" / "lr"
+    assert check_shard_files(array, root, "lr", job="J")
+    shard = root / "c" / "0" / "0" / "1" / "1"  # rows 16-31, cols 48-55 (an edge shard)
+    good = shard.read_bytes()
+    for at, needle in ((10, "lr block (row 2, col 6) is corrupt"), (len(good) - 9, "index fails its checksum")):
+        bad = bytearray(good)
+        bad[at] ^= 0x40
+        shard.write_bytes(bytes(bad))
+        with pytest.raises(DamagedData, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            check_shard_files(array, root, "lr", job="J")
+    shard.write_bytes(good)
+    assert check_shard_files(array, root, "lr", job="J")

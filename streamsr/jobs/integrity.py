@@ -11,7 +11,9 @@ the block. Job dirs of earlier versions (no checksums, zero fill) are read as be
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
@@ -152,3 +154,49 @@ def check_chunks(array: zarr.Array, name: str, *, job: str) -> None:
     for start in np.ndindex(*(-(-n // s) for n, s in zip(array.shape, step))):
         key = tuple(slice(i * s, min((i + 1) * s, n)) for i, s, n in zip(start, step, array.shape))
         read_checked(array, name, key, origin=(key[-2].start, key[-1].start), job=job)
+
+
+def check_shard_files(array: zarr.Array, root: Path, name: str, *, job: str) -> bool:
+    """Check every stored chunk's crc32c of a sharded (1, C, H, W) array by reading each shard file once
+    (the zarr v3 sharding layout: chunks, then an index of (offset, nbytes) pairs with its own crc32c at
+    the end). About 50x faster than decoding chunk by chunk through zarr-python. Returns False when the
+    array is not laid out that way (the caller checks it the slow way); DamagedData names a bad chunk."""
+    codecs = array.metadata.codecs
+    if array.shards is None or len(codecs) != 1 or not has_checksums(array):
+        return False
+    sharding = codecs[0]
+    inner = [type(c).__name__ for c in sharding.codecs]
+    index = [type(c).__name__ for c in sharding.index_codecs]
+    if inner != ["BytesCodec", "Crc32cCodec"] or index != ["BytesCodec", "Crc32cCodec"] \
+            or str(sharding.index_location.value) != "end":
+        return False
+    per = [s // c for s, c in zip(array.shards, array.chunks)]  # chunks per shard along each axis
+    count = int(np.prod(per))
+    grid = [-(-n // s) for n, s in zip(array.shape, array.shards)]
+    for start in np.ndindex(*grid):
+        path = root.joinpath("c", *map(str, start))
+        if not path.is_file():
+            continue  # an absent shard: check_present finds what it should have held
+        data = path.read_bytes()
+        table, crc = data[-(16 * count + 4):-4], data[-4:]
+        origin = (start[-2] * array.shards[-2], start[-1] * array.shards[-1])
+        if len(data) < 16 * count + 4 or _crc(table) != crc:
+            raise DamagedData(f"job {job}: {chunk_of(array, name, *origin)} (or a block after it in the same shard) "
+                              f"is corrupt (the shard's index fails its checksum); check the job with: "
+                              f"streamsr verify {job}")
+        entries = np.frombuffer(table, dtype="<u8").reshape(count, 2)  # (offset, nbytes) per chunk
+        for number, (offset, nbytes) in enumerate(entries):
+            if offset == 2 ** 64 - 1:
+                continue  # not stored (the fill value)
+            chunk = data[int(offset):int(offset + nbytes)]
+            if len(chunk) != nbytes or _crc(chunk[:-4]) != chunk[-4:]:
+                within = np.unravel_index(number, per)
+                y = origin[0] + int(within[-2]) * array.chunks[-2]
+                x = origin[1] + int(within[-1]) * array.chunks[-1]
+                raise DamagedData(f"job {job}: {chunk_of(array, name, y, x)} is corrupt (its checksum does not "
+                                  f"match); check the job with: streamsr verify {job}")
+    return True
+
+
+def _crc(data: bytes) -> bytes:
+    return np.uint32(google_crc32c.value(data)).tobytes()  # little-endian, as zarr's Crc32cCodec stores it
