@@ -35,7 +35,10 @@ Measured (2026-12-01, this 2-core CPU, no GPU; training paused with SIGSTOP, not
     shipped  euler:1     77      0.26  (model 12.8 ms/eval: the engine is 2% of the job)
     shipped  heun:2      61      0.17
 
-(*: measured later, while two other processes shared the cores: load average 3.3.) In the fused layout
+(*: measured later, while two other processes shared the cores: load average 3.3.)
+With crc32c checksums on every chunk and checked reads (issue 14), measured quietly at the end of the
+session: zero128 euler:1 292 evals/s, overhead 1.67 ms/eval; zero64 euler:1 879 evals/s, 0.54 ms/eval
+(the disk writes vary run to run on this VM: 0.35-1.1 ms per 128-px block for whole-shard writes). In the fused layout
 `read` also holds the drawing of x_T's noise, which the first steps sweep does instead of reading x_T.
 
 The difference method, (wall at LR 1024 - wall at LR 128) / 1008 - model ms, gives 2.69 ms for zero128
