@@ -6,6 +6,8 @@ streamed by block batches (stream/engine.py); sample runs the EDM sampler over i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .core.denoiser import denoise_full

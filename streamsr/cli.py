@@ -157,7 +157,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import torch
 
     from .jobs.create import plan_memory, resolve_model_dir
-    from .jobs.flows import plan_lines, store_bytes
+    from .jobs.flows import plan_lines, scaling_line, store_bytes
     from .jobs.manifest import Geometry
     from .stream.memory import format_bytes
     from .weights import read_model_config
@@ -187,24 +187,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"store:    job dir {format_bytes(disk)} on disk ({disk / (h * w):.0f} bytes per output pixel; "
           "plus the frontier's disk spill above)")
     if args.workers != 1:
-        print(scaling_line(mcfg, cfg, out_hw=(h, w), workers=args.workers))
+        print(scaling_line(mcfg, cfg, out_hw=(h, w), workers=args.workers))  # flows.scaling_line
     return EXIT_OK
-
-
-def scaling_line(mcfg, cfg, *, out_hw: tuple[int, int], workers: int) -> str:
-    """`plan --workers N`: the scaling model's prediction (stream/scaling.py) for the planned job."""
-    from .jobs.progress import format_seconds
-    from .stream.memory import format_bytes
-    from .stream.scaling import predict_scaling
-
-    if workers < 1:
-        raise BadInput(f"--workers must be >= 1, got {workers}")
-    evals = 2 * cfg.steps - 1 if cfg.sampler == "heun" else cfg.steps
-    p = predict_scaling(mcfg, out_hw=out_hw, sweeps=evals, workers=workers, batch=(cfg.batch_rows, cfg.batch_cols),
-                        itemsize=2 if cfg.dtype == "bf16" else 4, vram=cfg.vram or None)
-    return (f"scaling:  {workers} CUDA devices (predicted, docs/scaling.md): {p.sweeps_in_flight} sweep(s) in "
-            f"flight x {p.bands} band(s), {format_seconds(p.wall_seconds)} vs {format_seconds(p.one_device_seconds)} on one "
-            f"({p.speedup:.1f}x), per rank {format_bytes(p.rank_device_bytes)} of device memory")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

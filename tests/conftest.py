@@ -26,3 +26,15 @@ def kit_dir(name: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model() -> InfDiT:
     return random_model(ModelConfig.tiny())
+
+
+def tiny_model_and_image(root: Path, *, height: int, width: int, seed: int) -> Path:
+    """A tiny random model dir (root/model, no semantic vector) and a random 8-bit RGB image (root/in.png)
+    of height x width LR pixels; returns root."""
+    import numpy as np
+    from PIL import Image
+
+    random_model(ModelConfig.tiny(vector_dim=0), std=0.1).save_pretrained(root / "model")
+    img = (np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(root / "in.png")
+    return root

@@ -22,7 +22,7 @@ from streamsr.cli import main
 from streamsr.config import ModelConfig
 from streamsr.core import anchoring
 from streamsr.jobs.create import reflect_index
-from streamsr.jobs.store import final_array, read_manifest, state_array
+from streamsr.jobs.store import final_array, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,13 +10,10 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import random_model
-from PIL import Image
+from conftest import tiny_model_and_image
 
 from streamsr.cli import main
-from streamsr.config import ModelConfig
 from streamsr.jobs.store import JobDir, job_lock, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,11 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    root = tmp_path_factory.mktemp("locking")
-    random_model(ModelConfig.tiny(vector_dim=0), std=0.1).save_pretrained(root / "model")
-    img = (np.random.default_rng(3).random((12, 17, 3)) * 255).astype(np.uint8)
-    Image.fromarray(img).save(root / "in.png")
-    return root
+    return tiny_model_and_image(tmp_path_factory.mktemp("locking"), height=12, width=17, seed=3)
 
 
 def creating(job: Path) -> Path:

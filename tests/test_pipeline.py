@@ -231,8 +231,9 @@ def count_state_writes(monkeypatch) -> dict[str, int]:
 
 def test_shard_file_check_finds_a_flipped_byte_in_any_chunk_and_in_the_index(tmp_path):
     """integrity.check_shard_files (the per-run check of lr and alpha) against zarr-python's own decode."""
-    from streamsr.jobs.integrity import DamagedData, check_shard_files
     from zarr.codecs import Crc32cCodec
+
+    from streamsr.jobs.integrity import DamagedData, check_shard_files
 
     group = zarr.open_group(tmp_path / "s.zarr", mode="w")
     array = group.create_array("lr", shape=(1, 3, 40, 56), chunks=(1, 3, 8, 8), shards=(1, 3, 16, 48),

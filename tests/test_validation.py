@@ -7,22 +7,17 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import random_model
-from PIL import Image
+from conftest import tiny_model_and_image
 
 from streamsr.cli import main
-from streamsr.config import ConfigError, JobConfig, ModelConfig
+from streamsr.config import ConfigError, JobConfig
 from streamsr.jobs.store import read_manifest
 
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
-    root = tmp_path_factory.mktemp("validation")
-    random_model(ModelConfig.tiny(vector_dim=0), std=0.1).save_pretrained(root / "model")
-    img = (np.random.default_rng(2).random((12, 17, 3)) * 255).astype(np.uint8)
-    Image.fromarray(img).save(root / "in.png")
+    root = tiny_model_and_image(tmp_path_factory.mktemp("validation"), height=12, width=17, seed=2)
     assert main(["upscale", str(root / "in.png"), "-o", str(root / "out.png"), "--model", str(root / "model"),
                  "--job", str(root / "job"), "--steps", "2", "--sampler", "euler", "-q"]) == 0
     return root

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import random_model
-from PIL import Image
+from conftest import tiny_model_and_image
 
 from streamsr.cli import main
-from streamsr.config import ModelConfig
 from streamsr.jobs.integrity import has_checksums
 from streamsr.jobs.manifest import JobStatus
 from streamsr.jobs.store import JobStore, read_manifest, write_json_atomic
@@ -27,10 +25,7 @@ GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
     """A finished job (tiny model, 2 steps) and its output."""
-    root = tmp_path_factory.mktemp("verify")
-    random_model(ModelConfig.tiny(vector_dim=0), std=0.1).save_pretrained(root / "model")
-    img = (np.random.default_rng(1).random((20, 27, 3)) * 255).astype(np.uint8)
-    Image.fromarray(img).save(root / "in.png")
+    root = tiny_model_and_image(tmp_path_factory.mktemp("verify"), height=20, width=27, seed=1)
     assert main(["upscale", str(root / "in.png"), "-o", str(root / "out.png"), "--model", str(root / "model"),
                  "--job", str(root / "job"), "--steps", "2", "--sampler", "euler", "-q"]) == 0
     return root

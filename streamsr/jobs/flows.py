@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import SEED_MAX, JobConfig
+from ..config import SEED_MAX, JobConfig, ModelConfig
 from ..errors import BadInput
 from ..stream.memory import format_bytes
 from .create import LRInput, check_same_job, create_job, file_source, resolve_model_dir
@@ -314,3 +314,17 @@ def plan_lines(plan: MemoryPlan | None, job: JobConfig) -> list[str]:
             f"memory:   predicted peak device {format_bytes(plan.device_bytes)}, host "
             f"{format_bytes(plan.host_bytes)}, disk {format_bytes(plan.disk_bytes)}",
             f"parts:    {parts}"]
+
+
+def scaling_line(mcfg: ModelConfig, cfg: JobConfig, *, out_hw: tuple[int, int], workers: int) -> str:
+    """`plan --workers N`: the scaling model's prediction (stream/scaling.py) for the planned job."""
+    from ..stream.scaling import predict_scaling
+
+    if workers < 1:
+        raise BadInput(f"--workers must be >= 1, got {workers}")
+    evals = 2 * cfg.steps - 1 if cfg.sampler == "heun" else cfg.steps
+    p = predict_scaling(mcfg, out_hw=out_hw, sweeps=evals, workers=workers, batch=(cfg.batch_rows, cfg.batch_cols),
+                        itemsize=2 if cfg.dtype == "bf16" else 4, vram=cfg.vram or None)
+    return (f"scaling:  {workers} CUDA devices (predicted, docs/scaling.md): {p.sweeps_in_flight} sweep(s) in "
+            f"flight x {p.bands} band(s), {format_seconds(p.wall_seconds)} vs {format_seconds(p.one_device_seconds)} on one "
+            f"({p.speedup:.1f}x), per rank {format_bytes(p.rank_device_bytes)} of device memory")
