@@ -38,3 +38,12 @@ def tiny_model_and_image(root: Path, *, height: int, width: int, seed: int) -> P
     img = (np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8)
     Image.fromarray(img).save(root / "in.png")
     return root
+
+
+def finished_job(root: Path, *, steps: int = 2) -> Path:
+    """Run `upscale` on root/in.png with root/model into root/job (euler, `steps` steps): root/out.png."""
+    from streamsr.cli import main
+
+    assert main(["upscale", str(root / "in.png"), "-o", str(root / "out.png"), "--model", str(root / "model"),
+                 "--job", str(root / "job"), "--steps", str(steps), "--sampler", "euler", "-q"]) == 0
+    return root

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import tiny_model_and_image
+from conftest import finished_job, tiny_model_and_image
 
 from streamsr.cli import main
 from streamsr.config import ConfigError, JobConfig
@@ -18,9 +18,7 @@ from streamsr.jobs.store import read_manifest
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
     root = tiny_model_and_image(tmp_path_factory.mktemp("validation"), height=12, width=17, seed=2)
-    assert main(["upscale", str(root / "in.png"), "-o", str(root / "out.png"), "--model", str(root / "model"),
-                 "--job", str(root / "job"), "--steps", "2", "--sampler", "euler", "-q"]) == 0
-    return root
+    return finished_job(root)
 
 
 def one_line(capsys) -> str:

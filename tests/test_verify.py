@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_model_and_image
+from conftest import finished_job, tiny_model_and_image
 
 from streamsr.cli import main
 from streamsr.jobs.integrity import has_checksums
@@ -26,9 +26,7 @@ GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 def done(tmp_path_factory):
     """A finished job (tiny model, 2 steps) and its output."""
     root = tiny_model_and_image(tmp_path_factory.mktemp("verify"), height=20, width=27, seed=1)
-    assert main(["upscale", str(root / "in.png"), "-o", str(root / "out.png"), "--model", str(root / "model"),
-                 "--job", str(root / "job"), "--steps", "2", "--sampler", "euler", "-q"]) == 0
-    return root
+    return finished_job(root)
 
 
 def copy_job(done: Path, tmp_path: Path) -> Path:

@@ -347,6 +347,10 @@ class CroppedView:
         self.shape = (*array.shape[:2], height, width)
 
     def __getitem__(self, key):
+        if (isinstance(key, tuple) and len(key) == 3 and key[0] is Ellipsis
+                and all(isinstance(k, slice) and k.step in (None, 1) for k in key[1:])):
+            ys, xs = (slice(*k.indices(n)[:2]) for k, n in zip(key[1:], self.shape[2:]))
+            return self.array[:, :, ys, xs]  # (..., rows, cols) inside the crop: read only that region
         return self.array[:, :, :self.shape[2], :self.shape[3]][key]
 
 
