@@ -1,7 +1,11 @@
 """streamsr.io.png: the streaming PNG reader (any size, by row bands) equals the whole decode for every
-PNG kind, reads our own Paeth writer, and refuses what it cannot stream."""
+PNG kind, reads our own writer, and refuses what it cannot stream; the writer (Up filter, one zlib stream
+deflated on several threads by streamsr.io.deflate) is read back bit-exactly by Pillow and pypng, and its
+bytes do not depend on the thread count."""
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import png
@@ -10,10 +14,13 @@ from PIL import Image
 from test_export import make_source, one_line, pattern
 
 from streamsr.errors import BadInput
+from streamsr.io import deflate
+from streamsr.io.deflate import ParallelDeflate, zlib_header
 from streamsr.io.depth import to_uint
 from streamsr.io.export import export_array
 from streamsr.io.probe import probe
 from streamsr.io.read import iter_row_bands, read_image
+from streamsr.io.png import PngWriter
 from streamsr.io.write import open_writer
 
 
@@ -65,7 +72,7 @@ def test_streaming_png_reader_equals_whole_decode(tmp_path, monkeypatch, kind):
         np.testing.assert_array_equal(got, whole)
 
 
-def test_streaming_png_of_our_paeth_writer_16_bit(tmp_path, monkeypatch):
+def test_streaming_png_of_our_writer_16_bit(tmp_path, monkeypatch):
     pixels = pattern(0, 130, 77, 4, np.uint16)
     with open_writer(tmp_path / "p.png", 77, 130, 4, 16) as writer:
         writer.write_rows(pixels)
@@ -94,3 +101,47 @@ def test_huge_png_refusals(tmp_path, monkeypatch):
     with pytest.raises(BadInput) as exc_info:
         list(iter_row_bands(short, 8))
     assert "corrupt or truncated PNG" in one_line(exc_info)
+
+
+@pytest.mark.parametrize("impl", ["default", "stdlib"])
+def test_parallel_deflate_is_one_zlib_stream(monkeypatch, impl):
+    if impl == "stdlib":  # the fallback where zlib-ng has no wheel
+        monkeypatch.setattr(deflate, "zlib_impl", zlib)
+    rng = np.random.default_rng(5)
+    data = (rng.integers(0, 6, 1_000_003, dtype=np.uint8) * 40).tobytes()  # compressible, odd length
+    streams = []
+    for workers in (1, 3):
+        zip_, out, most = ParallelDeflate(4, workers=workers, piece_bytes=1 << 15), [], 0
+        for i in range(0, len(data), 77_777):
+            out += zip_.feed(data[i: i + 77_777])
+            most = max(most, len(zip_._pending))
+        streams.append(b"".join(out + zip_.finish()))
+        assert most <= 2 * workers + 1  # bounded memory: pieces in flight
+    assert streams[0] == streams[1]  # the bytes do not depend on the thread count
+    assert zlib.decompress(streams[0]) == data  # one valid stream: header, sync-flushed pieces, Adler-32
+    assert len(streams[0]) < len(zlib.compress(data, 1)) * 1.05  # priming keeps the ratio across cuts
+    for level in range(10):
+        assert int.from_bytes(zlib_header(level), "big") % 31 == 0
+    assert zlib.decompress(b"".join(ParallelDeflate(6).finish())) == b""
+
+
+@pytest.mark.parametrize("channels,depth", [(1, 8), (2, 8), (3, 8), (4, 8), (1, 16), (2, 16), (3, 16), (4, 16)])
+def test_png_writer_reads_back_bit_exactly_whatever_the_threads(tmp_path, monkeypatch, channels, depth):
+    monkeypatch.setattr(deflate, "PIECE_BYTES", 1 << 15)  # many pieces on a small image
+    dtype = np.uint8 if depth == 8 else np.uint16
+    pixels = np.random.default_rng(channels * depth).integers(0, 1 << depth, (157, 211, channels), dtype=dtype)
+    pixels[:60] //= 9  # smoother rows: long matches across the piece cuts
+    blobs = []
+    for workers in (1, 4):
+        path = tmp_path / f"w{workers}.png"
+        with PngWriter(path, 211, 157, channels, depth, workers=workers) as writer:
+            for y0 in range(0, 157, 40):
+                writer.write_rows(pixels[y0: y0 + 40])
+        blobs.append(path.read_bytes())
+    assert blobs[0] == blobs[1]
+    if depth == 8 or channels == 1:  # Pillow reads 16-bit grey as I;16, other 16-bit modes as 8-bit
+        with Image.open(path) as im:
+            got = np.asarray(im).reshape(pixels.shape)
+        np.testing.assert_array_equal(got, pixels)
+    _, _, rows, _ = png.Reader(filename=str(path)).asDirect()
+    np.testing.assert_array_equal(np.array(list(rows), dtype).reshape(pixels.shape), pixels)
