@@ -70,7 +70,7 @@ def job_config(args: argparse.Namespace):
 
     args.device = resolve_device(args.device)
     settings = model_defaults(resolve_model_dir(args.model), getattr(args, "mode", None))
-    for name in ("steps", "sampler", "anchor", "sigma_min", "sigma_max", "noise_init"):
+    for name in ("steps", "sampler", "anchor", "sigma_min", "sigma_max", "noise_init", "quality"):
         if getattr(args, name, None) is not None:
             settings[name] = getattr(args, name)
     batch = args.batch or (1, 1)
@@ -317,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--noise-init", action=argparse.BooleanOptionalAction, default=None,
                     help="x_T = up(LR) + sigma_max * eps (--noise-init) or x_T = up(LR) (--no-noise-init, a residual "
                          "model's deterministic fidelity point) (default: the model's, else on)")
+    up.add_argument("--quality", type=int, default=None, help="JPEG/WebP outputs: quality 1..100 (default 90)")
     up.add_argument("--seed", type=int, default=0, help="noise seed; noise is drawn per block from (seed, block)")
     add_plan_args(up)
     up.add_argument("--anchor", choices=("none", "global", "local"), default=None,

@@ -133,6 +133,7 @@ MODES = ("fidelity", "detail")  # a model dir's named operating points (weights.
 SIGMA_RANGE = (1e-4, 1e3)  # allowed sigma_min .. sigma_max: beyond, fp32 state loses the image (all black)
 RHO_RANGE = (0.1, 100.0)  # allowed Karras rho
 SEED_MAX = 2 ** 63 - 1  # seeds are 0..SEED_MAX (noise.py mixes them as 64-bit: 2^64 would equal 0)
+QUALITY_RANGE = (1, 100)  # JPEG/WebP output quality (Pillow's scale; WebP 100 is lossless)
 MAX_STEPS = 1000
 
 
@@ -159,6 +160,7 @@ class JobConfig:
     placement: str = "device"  # where the K/V frontier lives: device, host (pinned) or disk
     vram: int = 0  # device memory budget in bytes (0: none); the memory planner picks batch and placement
     ram: int = 0  # host memory budget in bytes (0: none)
+    quality: int = 90  # JPEG/WebP output quality: it changes the output file's pixels, so it is kept with the job
 
     def __post_init__(self) -> None:
         if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
@@ -193,6 +195,9 @@ class JobConfig:
             raise ConfigError(f"memory budgets must be sizes >= 0, got vram={self.vram!r} ram={self.ram!r}")
         if self.backend not in ("sdpa", "reference", "xformers"):
             raise ConfigError(f"backend must be sdpa, reference or xformers, got {self.backend!r}")
+        if not _is_int(self.quality) or not QUALITY_RANGE[0] <= self.quality <= QUALITY_RANGE[1]:
+            raise ConfigError(f"quality must be an integer in {QUALITY_RANGE[0]}..{QUALITY_RANGE[1]}, "
+                              f"got {self.quality!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -124,3 +124,29 @@ def test_a_webp_too_large_for_the_format_is_refused_before_any_work(work, tmp_pa
     assert run_cli("upscale", tmp_path / "wide.png", "-o", tmp_path / "o.webp", "--model", work / "model", *ARGS) == 2
     assert "holds at most 16383 px" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.png"]
+
+
+def test_upscale_quality_sets_the_jpeg_and_webp_coding(work, tmp_path, capsys):  # noqa: F811
+    assert run_cli("upscale", work / "in.png", "-o", tmp_path / "o.png", "--model", work / "model", *ARGS) == 0
+    reference = Image.open(tmp_path / "o.png")
+    for quality in (40, 90):
+        out = tmp_path / f"q{quality}.jpg"
+        assert run_cli("upscale", work / "in.png", "-o", out, "--model", work / "model", *ARGS,
+                       "--quality", quality) == 0
+        expected = io.BytesIO()  # the exporter's JPEG settings at that quality, on the PNG's pixels
+        reference.save(expected, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, optimize=True)
+        np.testing.assert_array_equal(pixels(out), np.asarray(Image.open(expected)))
+    assert (tmp_path / "q40.jpg").stat().st_size < (tmp_path / "q90.jpg").stat().st_size
+    assert run_cli("upscale", work / "in.png", "-o", tmp_path / "o.webp", "--model", work / "model", *ARGS,
+                   "--quality", 100) == 0  # WebP at 100 is lossless
+    np.testing.assert_array_equal(pixels(tmp_path / "o.webp"), np.asarray(reference))
+    capsys.readouterr()
+    for bad in (0, 101, -5):
+        out = tmp_path / f"bad{bad}.jpg"
+        assert run_cli("upscale", work / "in.png", "-o", out, "--model", work / "model", *ARGS,
+                       "--quality", bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "quality must be an integer in 1..100" in err
+        assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".streamsr-job")]  # nothing left behind
+

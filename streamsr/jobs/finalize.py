@@ -112,4 +112,5 @@ class Finalizer:
             output = checked_output(self.store.reading("output"), folder=self.store.dir.store / "output",
                                     job=str(self.store.dir.root))
             export_array(output, self.geo.hr_size, self.output.path, bit_depth=self.input.bit_depth,
+                         quality=self.store.manifest.job.quality,  # JPEG/WebP (upscale --quality)
                          meta=output_meta(self.store.dir, self.store.manifest))
