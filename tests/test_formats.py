@@ -42,9 +42,13 @@ def tagged(work, tmp_path_factory):  # noqa: F811
     return root
 
 
-def check_exif(raw: bytes, size: tuple[int, int]) -> None:
-    exif = Image.Exif()
-    exif.load(raw[6:] if raw.startswith(b"Exif\0\0") else raw)
+def check_exif(raw: bytes | Image.Exif, size: tuple[int, int]) -> None:
+    """Orientation 1, the camera's tag kept, the output's dimensions and resolution (raw EXIF bytes, or the
+    tags Pillow read from a TIFF)."""
+    exif = raw
+    if isinstance(raw, bytes):
+        exif = Image.Exif()
+        exif.load(raw[6:] if raw.startswith(b"Exif\0\0") else raw)
     assert exif[ORIENTATION] == 1 and exif[MAKE] == "streamsr-test"
     ifd = exif.get_ifd(EXIF_IFD)
     assert (ifd[PIXEL_X], ifd[PIXEL_Y]) == size
@@ -64,6 +68,9 @@ def test_icc_exif_dpi_are_carried(work, tagged, tmp_path, suffix):  # noqa: F811
             x, y = tags[282].value, tags[283].value
             assert x[0] / x[1] == pytest.approx(600) and y[0] / y[1] == pytest.approx(600)
             assert tf.pages.first.shape[:2] == (80, 108)
+        with Image.open(out) as im:  # EXIF as TIFF tags and an Exif sub-IFD (streamsr.io.tiff_exif)
+            assert im.size == size
+            check_exif(im.getexif(), size)
         return
     with Image.open(out) as im:
         assert im.size == size
@@ -150,3 +157,25 @@ def test_upscale_quality_sets_the_jpeg_and_webp_coding(work, tmp_path, capsys): 
         assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".streamsr-job")]  # nothing left behind
 
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_tiff_output_carries_exif_sub_ifds_of_either_byte_order(tmp_path, endian):
+    from PIL import TiffImagePlugin
+
+    from streamsr.io.export import export_array
+
+    exif = Image.Exif()
+    exif.endian = endian  # a big-endian camera block is re-packed into the little-endian TIFF
+    exif[ORIENTATION], exif[MAKE] = 8, "streamsr-test"
+    sub = exif.get_ifd(EXIF_IFD)
+    sub[PIXEL_X], sub[0x829A], sub[0x927C] = 5, TiffImagePlugin.IFDRational(1, 250), b"maker note bytes"
+    exif.get_ifd(0x8825)[1] = "N"  # GPS sub-IFD
+    meta = ImageMeta(None, exif.tobytes(), (150.0, 150.0)).for_output(scale=4, size=(70, 60))
+    arr = np.random.default_rng(3).integers(0, 255, (64, 72, 3), dtype=np.uint8)
+    out = export_array(arr, (60, 70), tmp_path / "o.tif", meta=meta)
+    with Image.open(out) as im:
+        back = im.getexif()
+        check_exif(back, (70, 60))
+        assert float(back.get_ifd(EXIF_IFD)[0x829A]) == 1 / 250
+        assert back.get_ifd(EXIF_IFD)[0x927C] == b"maker note bytes" and back.get_ifd(0x8825)[1] == "N"
+        np.testing.assert_array_equal(np.asarray(im), arr[:60, :70])  # the pixels are untouched

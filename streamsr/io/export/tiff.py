@@ -5,6 +5,7 @@ Compression "zstd" (the default when imagecodecs has it, lossless), "zlib" (the 
 "jpeg" (8-bit grey/RGB only, lossy, `quality`) or "none". The sub-levels must follow level 0 in the
 file, but are made (by the cascade) while level 0 is written: they wait in a temporary zstd zarr beside
 the output (a third of the level-0 pixels, compressed; removed at the end) and are copied in after.
+The input's ICC profile, DPI and EXIF are carried (EXIF as TIFF tags and sub-IFDs: streamsr.io.tiff_exif).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from ...errors import BadInput
 from ..atomic import commit_file, partial_path
 from ..pyramid import Cascade, Rebander, pyramid_sizes
+from ..tiff_exif import ifd0_tags, link_sub_ifds
 from ..write import band_tiles, tiff_options
 from .base import ArraySource, ExportOptions, Progress, report, write_band
 
@@ -111,15 +113,20 @@ def export_tiff(src: ArraySource, path: Path, options: ExportOptions, progress: 
                     tile = np.asarray(level[y0: y0 + TIFF_TILE, x0: x0 + TIFF_TILE])  # (th, tw, C)
                     yield tile[:, :, 0] if c == 1 else tile
 
-        with open(tmp, "wb") as fh:
-            with tifffile.TiffWriter(fh, bigtiff=True) as tw:
-                tw.write(tiles0(), subifds=len(levels), **level_options(sizes[0]),
-                         **(options.meta.tiff_tags() if options.meta else {}))
+        meta = options.meta.tiff_tags() if options.meta else {}
+        exif_tags, exif_subs, software = ifd0_tags(options.meta.exif if options.meta else None)
+        meta["extratags"] = meta.get("extratags", []) + exif_tags
+        if software is not None and software.isascii():
+            meta["software"] = software
+        with open(tmp, "w+b") as fh:  # read back by link_sub_ifds
+            with tifffile.TiffWriter(fh, bigtiff=True, byteorder="<") as tw:
+                tw.write(tiles0(), subifds=len(levels), **level_options(sizes[0]), **meta)
                 cascade.finish()
                 if not all(r.complete for r in sub):
                     raise RuntimeError("the pyramid cascade did not fill every level")
                 for level, size in zip(levels, sizes[1:]):
                     tw.write(tiles(level), subfiletype=1, **level_options(size))
+            link_sub_ifds(fh, exif_subs)  # EXIF's Exif and GPS sub-IFDs, which tifffile cannot write
             commit_file(fh, tmp, path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
