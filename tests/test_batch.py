@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from test_job import pixels, run_cli, run_sub
 
 from streamsr.config import ModelConfig
 from streamsr.jobs.batch import BATCH_FILE, DEFAULT_BATCH_DIR, is_batch_request
+from streamsr.jobs.progress import BatchPosition, ProgressBar
 from streamsr.jobs.store import JobDir
 
 ARGS = ("--steps", 1, "--anchor", "none", "--batch", "1x1")
@@ -111,3 +114,20 @@ def test_killed_batch_resumes_where_it_stopped(photos, tmp_path):
     assert not batch_dir.exists()
     for f in files:
         np.testing.assert_array_equal(pixels(out / f.name), single(photos, tmp_path, f.name))
+
+
+def test_progress_line_shows_the_image_count_and_the_image_blocks(photos, tmp_path, capsys):
+    sink = io.StringIO()  # a batch's position given as the job's progress leads its progress line
+    bar = ProgressBar(4, 6, stream=sink, interval=0, enabled=False, callback=BatchPosition(3, 10))
+    bar.update(2, 3, label="steps 1-1/1", new_blocks=3, force=True)
+    assert sink.getvalue().startswith("image 3/10  steps 1-1/1") and "blocks 3/6" in sink.getvalue()
+    with pytest.raises(ValueError):
+        BatchPosition(11, 10)
+
+    files = [photos / "in" / "a.png", photos / "in" / "b.png"]
+    assert run_cli("upscale", *files, "-o", tmp_path / "out", "--model", photos / "model", *ARGS) == 0
+    bars = [line for line in capsys.readouterr().err.splitlines() if "blocks/s" in line]
+    for k in (1, 2):  # the last line of each image: all its tasks and blocks done
+        last = [line for line in bars if line.startswith(f"image {k}/2  ")][-1]
+        done = re.search(r"blocks (\d+)/(\d+) ", last)
+        assert "100.0%" in last and done and done[1] == done[2] and int(done[1]) > 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import JobConfig
 from ..errors import BadInput, StreamsrError
+from .progress import BatchPosition
 from .run import Interrupted
 from .store import JobDir, write_json_atomic
 
@@ -185,8 +186,8 @@ def run_batch(batch_dir: Path, batch: Batch, *, progress: bool, log) -> Batch:
             try:
                 Path(item.output).parent.mkdir(parents=True, exist_ok=True)
                 upscale(item.input, item.output, model_dir=batch.model, job_dir=job.root, cfg=batch.job,
-                        scale=batch.scale, progress=progress, auto_batch=batch.auto[0],
-                        auto_placement=batch.auto[1])
+                        scale=batch.scale, progress=BatchPosition(index + 1, n) if progress else False,
+                        auto_batch=batch.auto[0], auto_placement=batch.auto[1])
                 new = replace(item, state="done", error="")
             except (Interrupted, KeyboardInterrupt):
                 raise Interrupted(f"interrupted at image {index + 1}/{n}; resume with: "

@@ -1,6 +1,7 @@
 """Progress of a job: where the time goes (`Timers`), the ETA, and the progress line of a running job.
 
 On a terminal `ProgressBar` redraws one line; otherwise (CI, logs) it prints a plain line every few seconds.
+In a batch, the line starts with the image's place in it ("image 3/10", `BatchPosition`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from ..stream.planner import Task
 
@@ -50,8 +52,31 @@ def task_label(task: Task, steps: int) -> str:
     return f"{task.kind} {task.step + 1}/{steps}" if task.is_model else str(task.kind)
 
 
+@dataclass(frozen=True)
+class BatchPosition:
+    """Which image of a batch a job is ("image 3/10"). A batch passes it as the job's `progress`, the
+    channel that already carries True/False or the API's per-task callback to the job's `ProgressBar`, so
+    the progress line can show the image count beside the image's own tasks and blocks without another
+    parameter through every layer. Called as a callback it does nothing."""
+
+    index: int  # 1-based
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"image {self.index} of {self.count}: need 1 <= index <= count")
+
+    def __str__(self) -> str:
+        return f"image {self.index}/{self.count}"
+
+    def __call__(self, tasks_done: int, total_tasks: int, label: str) -> None:
+        """No per-task callback: the progress line shows this position instead."""
+
+
 class ProgressBar:
-    """The progress line of a running job: task percentage, model blocks per second of this run, ETA."""
+    """The progress line of a running job: task percentage, model blocks (done/total, per second of this
+    run), ETA; led by the image's place in its batch when `callback` is a BatchPosition (then shown even
+    though `enabled` is False: a callable progress disables the line for the API's callbacks)."""
 
     def __init__(self, total_tasks: int, total_blocks: int, *, stream=None, interval: float = 5.0,
                  enabled: bool = True, callback=None):
@@ -64,6 +89,9 @@ class ProgressBar:
         self.start = time.monotonic()
         self.last = 0.0
         self.session_blocks = 0
+        self.prefix = ""
+        if isinstance(callback, BatchPosition):
+            self.prefix, self.enabled, callback = f"{callback}  ", True, None
         self.callback = callback  # callback(tasks_done, total_tasks, label) after every task (the Python API)
 
     def update(self, tasks_done: int, blocks_done: int, *, label: str, new_blocks: int, force: bool = False) -> None:
@@ -81,7 +109,8 @@ class ProgressBar:
         when = format_seconds(eta) if eta is not None else "?"
         if blocks_done >= self.total_blocks and tasks_done < self.total_tasks:  # stats, anchor, export remain
             when = f"finishing, {self.total_tasks - tasks_done} task(s) left"
-        line = f"{label:<18} {pct:5.1f}%  tasks {tasks_done}/{self.total_tasks}  {rate:6.2f} blocks/s  ETA {when}"
+        line = (f"{self.prefix}{label:<18} {pct:5.1f}%  tasks {tasks_done}/{self.total_tasks}  "
+                f"blocks {blocks_done}/{self.total_blocks}  {rate:6.2f} blocks/s  ETA {when}")
         if self.tty:
             self.stream.write("\r" + line + "\033[K")
         else:
