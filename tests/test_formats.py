@@ -179,3 +179,26 @@ def test_tiff_output_carries_exif_sub_ifds_of_either_byte_order(tmp_path, endian
         assert float(back.get_ifd(EXIF_IFD)[0x829A]) == 1 / 250
         assert back.get_ifd(EXIF_IFD)[0x927C] == b"maker note bytes" and back.get_ifd(0x8825)[1] == "N"
         np.testing.assert_array_equal(np.asarray(im), arr[:60, :70])  # the pixels are untouched
+
+
+def test_cmyk_jpeg_with_an_embedded_profile_is_converted_through_it(tmp_path):
+    from cmyk_icc import cmyk_profile, corner_lab
+    from skimage.color import rgb2lab
+
+    inks = [(1, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 0)]  # cyan, magenta, yellow, paper
+    cmyk = np.zeros((16, 16 * len(inks), 4), np.uint8)  # flat 16x16 patches: JPEG keeps them
+    for i, ink in enumerate(inks):
+        cmyk[:, 16 * i: 16 * i + 16] = np.array(ink) * 255
+    path = tmp_path / "cmyk-icc.jpg"
+    Image.fromarray(cmyk, "CMYK").save(path, quality=100, icc_profile=cmyk_profile())
+    got, _ = read_image(path)  # (16, 64, 3) float in [0, 1]
+    with Image.open(path) as im:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+        through = ImageCms.profileToProfile(im, profile, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        naive = np.asarray(im.convert("RGB"), np.float32) / 255
+    np.testing.assert_allclose(got, np.asarray(through, np.float32) / 255, atol=1e-6)
+    for i, ink in enumerate(inks[:3]):  # the profile's inks (dark grey-blue cyan...), not the naive ones
+        want = np.array(corner_lab(ink))
+        assert np.linalg.norm(rgb2lab(got[8, 16 * i + 8]) - want) < 10
+        assert np.linalg.norm(rgb2lab(naive[8, 16 * i + 8]) - want) > 50
+    assert description(read_meta(path).icc) == description(srgb_icc())  # the pixels are sRGB now
