@@ -4,8 +4,9 @@
 a CMYK JPEG gets the sRGB profile instead of its own, since its pixels are converted to sRGB when read.
 `ImageMeta.for_output(scale=, size=)` is what the output carries: the EXIF orientation normalised to 1
 (the pixels were already turned upright when read), the EXIF pixel dimensions set to the output's, and the
-DPI multiplied by the scale (the same physical size). Writers use `png_chunks`, `tiff_tags` and
-`pillow_args`. Metadata never fails a job: an unreadable block is simply not carried.
+DPI multiplied by the scale (the same physical size). Writers use `png_chunks`, `tiff_tags` (plus
+streamsr.io.tiff_exif for the EXIF of a TIFF) and `pillow_args`. Metadata never fails a job: an
+unreadable block is simply not carried.
 """
 
 from __future__ import annotations
