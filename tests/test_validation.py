@@ -12,6 +12,7 @@ from conftest import finished_job, tiny_model_and_image
 
 from streamsr.cli import main
 from streamsr.config import ConfigError, JobConfig
+from streamsr.jobs.jsonsum import CHECKSUM, json_checksum
 from streamsr.jobs.store import read_manifest
 
 
@@ -51,11 +52,15 @@ def test_job_config_ranges():
             JobConfig(**bad)
 
 
-def edit_manifest(done: Path, tmp_path: Path, change) -> Path:
+def edit_manifest(done: Path, tmp_path: Path, change, *, keep_checksum: bool = False) -> Path:
+    """A copy of the finished job with job.json edited by `change`. Without its checksum (as a manifest of
+    an earlier version has none), so that the content checks below are what refuses it."""
     job = tmp_path / "job"
     shutil.copytree(done / "job", job)
     data = json.loads((job / "job.json").read_text())
     change(data)
+    if not keep_checksum:
+        data.pop(CHECKSUM)
     (job / "job.json").write_text(json.dumps(data))
     return job
 
@@ -114,3 +119,27 @@ def test_manifest_that_cannot_run_is_refused_on_resume(done, tmp_path, capsys, n
 def test_intact_manifest_still_loads(done):
     m = read_manifest(done / "job")
     assert m.cursor == m.total_tasks
+
+
+@pytest.mark.parametrize("change", [lambda d: d.update(cursor=1), lambda d: d["job"].update(seed=7),
+                                    lambda d: d.update(checksum="sha256:" + "0" * 64)])
+@pytest.mark.parametrize("command", ["resume", "export", "status", "verify"])
+def test_manifest_that_fails_its_checksum_is_refused(done, tmp_path, capsys, change, command):
+    """An edit that the content checks cannot see (a seed, an earlier cursor of a running job) is still
+    refused: job.json carries a checksum of its own content."""
+    job = edit_manifest(done, tmp_path, lambda d: (d.update(status="interrupted", cursor=2), change(d)),
+                        keep_checksum=True)
+    args = {"resume": ["resume", str(job), "-q"], "export": ["export", str(job), "-o", str(tmp_path / "e.png")],
+            "status": ["status", str(job)], "verify": ["verify", str(job)]}[command]
+    capsys.readouterr()
+    assert main(args) == 2
+    line = one_line(capsys)
+    assert str(job / "job.json") in line and "does not match its checksum" in line
+    assert not (tmp_path / "e.png").exists()
+
+
+def test_manifest_carries_its_checksum_and_one_without_still_loads(done, tmp_path):
+    data = json.loads((done / "job" / "job.json").read_text())
+    assert data[CHECKSUM] == json_checksum(data) and data[CHECKSUM].startswith("sha256:")
+    job = edit_manifest(done, tmp_path, lambda d: None)  # as written before checksums existed
+    assert read_manifest(job) == read_manifest(done / "job")

@@ -37,6 +37,7 @@ from ..stream.planner import BatchShape
 from .consistency import check_loaded, check_raw, check_runnable
 from .faults import kill_point_in
 from .integrity import check_chunks, check_present, check_shard_files, has_checksums, python_pipeline, read_checked
+from .jsonsum import check_seal, seal
 from .manifest import FORMAT, Geometry, Manifest
 
 MANIFEST = "job.json"
@@ -165,13 +166,14 @@ def final_array(manifest: Manifest) -> str:
 
 
 def write_json_atomic(path: Path, data: dict, *, fault_tasks: range = range(0)) -> None:
-    """Write JSON so that a crash leaves either the old or the new file, never a torn one.
+    """Write JSON so that a crash leaves either the old or the new file, never a torn one; it carries its
+    own checksum (jsonsum.seal), which read_manifest checks.
 
     fault_tasks: the tasks a cursor commit covers (the crash tests' `mid-commit` point of each).
     """
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")  # one per writer
     with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
+        json.dump(seal(data), fh, indent=1, sort_keys=True)
         fh.flush()
         os.fsync(fh.fileno())
     kill_point_in(fault_tasks, "mid-commit")
@@ -193,6 +195,7 @@ def read_manifest(where: JobDir | str | os.PathLike) -> Manifest:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise JobError(f"cannot read {path}: {exc}") from None
+    check_seal(data, path, error=JobError)  # an edited or damaged manifest (none in earlier versions)
     try:
         check_raw(data)
         manifest = Manifest.from_json(data)
