@@ -95,15 +95,16 @@ def check_backend_runs(args: argparse.Namespace) -> None:
 def cmd_upscale(args: argparse.Namespace) -> int:
     from .jobs.batch import is_batch_request
     from .jobs.flows import check_device, upscale
+    from .jobs.leftovers import prepare_output
 
     if is_batch_request(args.input, args.output):
         return cmd_upscale_batch(args)
     args.device = resolve_device(args.device)
     check_device(args.device)
     check_backend_runs(args)
-    upscale(args.input[0], args.output, model_dir=args.model, job_dir=args.job, cfg=job_config(args), scale=args.scale,
-            keep_job=args.keep_job, progress=not args.quiet, auto_batch=args.batch is None,
-            auto_placement=args.frontier is None)
+    upscale(args.input[0], prepare_output(args.output, quiet=args.quiet), model_dir=args.model, job_dir=args.job,
+            cfg=job_config(args), scale=args.scale, keep_job=args.keep_job, progress=not args.quiet,
+            auto_batch=args.batch is None, auto_placement=args.frontier is None)
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ from ..core import anchoring
 from ..core.resample import upsample_region
 from ..io.depth import to_uint
 from ..io.export import export_array
+from ..io.problems import OutputError
 from ..stream.planner import Batch, batch_box
 from .blockio import BlockIO, BlockWrite, Box
 from .export import output_meta
@@ -105,12 +106,18 @@ class Finalizer:
 
     # ---- export ---------------------------------------------------------------------------------
     def export(self) -> None:
-        """Write the output file (format from its suffix) by bands, cropped to the unpadded size."""
+        """Write the output file (format from its suffix) by bands, cropped to the unpadded size. A failed
+        write (a full disk) says how to finish: the job is complete but for this task, kept to be resumed."""
         if self.output.path is None:  # the first stage of a x16 chain: its output array feeds the next stage
             return
         with self.timers("write"):
             output = checked_output(self.store.reading("output"), folder=self.store.dir.store / "output",
                                     job=str(self.store.dir.root))
-            export_array(output, self.geo.hr_size, self.output.path, bit_depth=self.input.bit_depth,
-                         quality=self.store.manifest.job.quality,  # JPEG/WebP (upscale --quality)
-                         meta=output_meta(self.store.dir, self.store.manifest))
+            try:
+                export_array(output, self.geo.hr_size, self.output.path, bit_depth=self.input.bit_depth,
+                             quality=self.store.manifest.job.quality,  # JPEG/WebP (upscale --quality)
+                             meta=output_meta(self.store.dir, self.store.manifest))
+            except OutputError as exc:
+                job = self.store.dir.root.parent if self.store.manifest.stage.startswith("x16") else self.store.dir.root
+                raise OutputError(f"{exc}; the job is kept: once that is fixed, finish it with: "
+                                  f"streamsr resume {job}") from None

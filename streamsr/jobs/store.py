@@ -189,6 +189,10 @@ def read_manifest(where: JobDir | str | os.PathLike) -> Manifest:
     """The manifest of an x4 job dir; JobError if there is none or it cannot be read."""
     job_dir = JobDir.of(where)
     path = job_dir.manifest
+    if not path.is_file() and job_dir.store.is_dir():  # killed while being created: nothing was committed
+        raise JobError(f"{job_dir.root} has no {path.name}: its creation was stopped (or still runs) before it "
+                       f"committed anything, so nothing in it can be resumed; delete it, or run the same upscale "
+                       f"with --job {job_dir.root}")
     if not path.is_file():
         raise JobError(f"{job_dir.root} is not a streamsr job dir (no {path.name})")
     try:

@@ -5,11 +5,14 @@ Compression "zstd" (the default when imagecodecs has it, lossless), "zlib" (the 
 "jpeg" (8-bit grey/RGB only, lossy, `quality`) or "none". The sub-levels must follow level 0 in the
 file, but are made (by the cascade) while level 0 is written: they wait in a temporary zstd zarr beside
 the output (a third of the level-0 pixels, compressed; removed at the end) and are copied in after.
+That folder, `.<stem>.levels-<pid>-<random>`, outlives a killed export; the next export beside it removes
+those of processes that no longer run (`remove_stale_scratch`).
 The input's ICC profile, DPI and EXIF are carried (EXIF as TIFF tags and sub-IFDs: streamsr.io.tiff_exif).
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -61,6 +64,28 @@ def tiff_compression(compression: str | None, channels: int, bit_depth: int) -> 
     return compression
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as another user
+        return True
+    return True
+
+
+def remove_stale_scratch(path: Path) -> list[Path]:
+    """Remove the sub-level folders that killed TIFF exports to `path` left beside it: those whose process
+    (the pid in the name) is gone, and those named before the pid was (no pid). Returns what was removed."""
+    stale = []
+    for folder in path.parent.glob(f".{glob.escape(path.stem)}.levels-*"):
+        pid = folder.name[len(f".{path.stem}.levels-"):].partition("-")[0]
+        if folder.is_dir() and not (pid.isdigit() and _pid_alive(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+            stale.append(folder)
+    return stale
+
+
 def temporaries(path: Path) -> list[Path]:
     """What a failed TIFF export may leave (its scratch folder removes itself)."""
     return [partial_path(path)]
@@ -79,7 +104,8 @@ def export_tiff(src: ArraySource, path: Path, options: ExportOptions, progress: 
         return tiff_options(size, src.channels, src.dtype, tile=TIFF_TILE, compression=compression,
                             quality=options.quality, buffer_tiles=TIFF_BUFFER_TILES, maxworkers=1)
 
-    scratch = Path(tempfile.mkdtemp(prefix=f".{path.stem}.levels-", dir=path.parent))
+    remove_stale_scratch(path)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.stem}.levels-{os.getpid()}-", dir=path.parent))
     try:
         levels = []  # sub-levels wait here, compressed, while level 0 is written
         for k, (h, w) in enumerate(sizes[1:], start=1):
