@@ -19,6 +19,7 @@ import zarr
 from zarr.codecs import Crc32cCodec, ShardingCodec
 
 from ..errors import StreamsrError
+from .zarrio import os_error_of
 
 
 class DamagedData(StreamsrError):
@@ -55,7 +56,12 @@ def read_checked(array: zarr.Array, name: str, key, *, origin: tuple[int, int] =
     except (OSError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - zarr raises ValueError/RuntimeError/... for damaged chunks
+        disk = os_error_of(exc, path=getattr(array.store, "root", None))
+        if disk is not None:  # zarrs: EACCES, EIO, ... are RuntimeErrors; a disk error, not damaged data
+            raise disk from None
         text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        if "checksum" in text.lower():
+            text = "its checksum does not match"  # zarr's text quotes the raw checksum bytes
         raise DamagedData(f"job {job}: {chunk_of(array, name, *origin)} (or a block after it in the same shard) is "
                           f"corrupt ({text}); "
                           f"check the job with: streamsr verify {job}") from None

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .blockio import BlockWrite, Box
+from .zarrio import disk_errors
 from .faults import kill_point
 from .integrity import check_present, read_checked
 from .progress import Timers
@@ -61,7 +62,8 @@ class ShardWriter:
         value = item.array_value()  # (1, C, h, w) or (h, w, C)
         shards = array.shards
         if shards is None:
-            self.store.write(item.name, item.box, value)
+            with disk_errors(self.store.dir.store / item.name):
+                self.store.write(item.name, item.box, value)
             return
         spatial = item.name == "output"  # (H, W, C) rather than (1, C, H, W)
         sh, sw = (shards[0], shards[1]) if spatial else (shards[2], shards[3])
@@ -98,7 +100,8 @@ class ShardWriter:
         for a, b, c, d in boxes:
             part = (shard.buffer[a - oy:b - oy, c - ox:d - ox] if name == "output"
                     else shard.buffer[:, :, a - oy:b - oy, c - ox:d - ox])
-            self.store.write(name, (a, b, c, d), part)
+            with disk_errors(self.store.dir.store / name):  # zarrs: a full disk is a RuntimeError
+                self.store.write(name, (a, b, c, d), part)
 
     def flush(self) -> None:
         """Write every open shard (partial ones by their written boxes): all taken writes are on disk."""

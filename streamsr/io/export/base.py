@@ -12,6 +12,7 @@ import numpy as np
 
 from ..depth import convert_depth, depth_of
 from ..metadata import ImageMeta
+from ...errors import StreamsrError
 from ..problems import bad_input, reason
 
 MAX_SOURCE_BAND_BYTES = 64 << 20  # a source band is whole chunk rows, split if one is larger than this
@@ -93,7 +94,7 @@ class ArraySource:
                 x1 = min(self.width, x0 + step)
                 try:
                     piece = np.asarray(self.arr[y0:y1, x0:x1])
-                except MemoryError:
+                except (MemoryError, OSError, StreamsrError):  # a disk error; DamagedData names the block
                     raise
                 except Exception as e:  # noqa: BLE001 - a missing or corrupt chunk of the store
                     raise bad_input(self.name, f"cannot read rows {y0}-{y1}: {type(e).__name__}: "
