@@ -23,6 +23,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from io import BytesIO
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -559,7 +560,7 @@ def test_foreign_host_header_is_refused(tmp_path, served):
 
     def status_with(host: str) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("GET", "/api/status", headers={"Host": host})
+        conn.request("GET", urlsplit(url).path + "api/status", headers={"Host": host})
         response = conn.getresponse()
         response.read()
         conn.close()
@@ -568,6 +569,29 @@ def test_foreign_host_header_is_refused(tmp_path, served):
     assert status_with(f"127.0.0.1:{port}") == 200 and status_with(f"localhost:{port}") == 200
     for host in ("evil.example:%d" % port, "127.0.0.1", f"localhost:{port + 1}", "attacker.test"):
         assert status_with(host) == 403, host
+
+
+def test_every_url_needs_the_runs_token(tmp_path, served):
+    """Another local user, or a page that found the port, reads nothing without the printed URL's token."""
+    import http.client
+
+    make_job(tmp_path / "job")
+    server, url = served(tmp_path / "job")
+    parts = urlsplit(url)
+    token = parts.path.strip("/")
+    assert len(token) >= 32 and parts.path == f"/{token}/"
+    _, other = served(tmp_path / "job")
+    assert urlsplit(other).path != parts.path  # a token per run
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    for path in ("", "api/status", "api/info", "static/viewer.js", "dzi/output.dzi", "dzi/output_files/0/0_0.png",
+                 f"{token[:-1]}/api/status", f"{token}x/api/status", f"x{token}/api/status", f"api/{token}/status"):
+        assert get(base + path)[0] == 403, path
+    assert get(url + "api/status")[0] == 200 and get(url + "dzi/output.dzi")[0] == 200
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    conn.request("GET", f"/{token}")
+    response = conn.getresponse()
+    assert response.status == 301 and response.getheader("Location") == f"/{token}/"
+    conn.close()
 
 
 @pytest.mark.parametrize("port", ["99999", "-1"])

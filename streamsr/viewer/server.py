@@ -5,7 +5,13 @@ viewers (vendored in static/openseadragon, nothing is fetched at run time): the 
 and the output, side by side or overlaid with a slider, zoom and pan synchronised, plus the job's
 settings and progress polled from /api/status. What a path shows is views.py's; tiles are tiles.py's.
 
-Endpoints:
+Who may read: every endpoint lives under /<token>/, a random token made per run and printed in the URL
+(as notebook servers do; the page uses relative URLs only). Another user of this machine, or a page in
+the browser that guesses the port, gets 403 without it: the images and the absolute paths in
+/api/status are shown only to the page opened from the printed URL. A Host header that is not this
+server's (DNS rebinding) is refused too.
+
+Endpoints (each under /<token>):
     GET /                                       the page (static/index.html)
     GET /static/<file>                          static/ (JS, CSS, OpenSeadragon and its images)
     GET /api/info                               what is shown: kind, size, layers, tile URLs (JSON)
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import secrets
 import sys
 import threading
 import time
@@ -45,8 +52,9 @@ class ViewerServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address, view: View, *, verbose: bool = False):
+    def __init__(self, address, view: View, *, token: str, verbose: bool = False):
         self.view, self.verbose = view, verbose
+        self.token = token  # every URL starts with /<token>/ (module docstring)
         self.render_slots = threading.BoundedSemaphore(RENDER_THREADS)
         super().__init__(address, ViewerHandler)
 
@@ -87,12 +95,31 @@ class ViewerHandler(BaseHTTPRequestHandler):
         port = self.server.server_address[1]
         return host in {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
 
+    def without_token(self, path: str) -> str | None:
+        """`path` after its /<token> prefix, or None when it does not start with this run's token."""
+        first, slash, rest = path[1:].partition("/")
+        if not secrets.compare_digest(first.encode(), self.server.token.encode()):
+            return None
+        return "/" + rest if slash else ""
+
     def do_GET(self):
         path = unquote(urlsplit(self.path).path)
         view = self.server.view
         if not self.host_allowed():
             return self.send_body(403, b"forbidden: the Host header must be 127.0.0.1 or localhost with this "
                                        b"server's port\n", "text/plain; charset=utf-8")
+        if path == "/favicon.ico":
+            return self.send_body(204, b"", "image/x-icon")
+        path = self.without_token(path)
+        if path is None:
+            return self.send_body(403, b"forbidden: open the URL that `streamsr view` printed (it holds a token)\n",
+                                  "text/plain; charset=utf-8")
+        if path == "":  # /<token>: the page's relative URLs need the trailing slash
+            self.send_response(301)
+            self.send_header("Location", f"/{self.server.token}/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         try:
             if path in ("/", "/index.html"):
                 return self.static("index.html")
@@ -108,8 +135,6 @@ class ViewerHandler(BaseHTTPRequestHandler):
             match = TILE_RE.match(path)
             if match:
                 return self.tile(*match.groups())
-            if path == "/favicon.ico":
-                return self.send_body(204, b"", "image/x-icon")
             return self.not_found()
         except (BrokenPipeError, ConnectionResetError):
             return None
@@ -140,7 +165,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
 # ---- API and command --------------------------------------------------------------------------------
 def serve(path, *, port: int = 0, open_browser: bool = False, cache_mb: int = 256,
           verbose: bool = False) -> tuple[ViewerServer, str]:
-    """Serve `path` (job dir, x16 job dir, .dzi, OME-Zarr / zarr) on 127.0.0.1:`port` (0: any free port).
+    """Serve `path` (job dir, x16 job dir, .dzi, OME-Zarr / zarr) on 127.0.0.1:`port` (0: any free port),
+    at a URL holding a random token (module docstring): http://127.0.0.1:PORT/TOKEN/.
 
     The server already runs in a daemon thread when this returns (server, url); stop it with
     `server.shutdown(); server.server_close()`. Raises BadInput for a path it cannot show and OSError
@@ -149,8 +175,8 @@ def serve(path, *, port: int = 0, open_browser: bool = False, cache_mb: int = 25
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise BadInput(f"--port must be 0 (any free port) or 1..65535, got {port!r}")
     view = open_view(path, cache_mb=cache_mb)
-    server = ViewerServer((HOST, port), view, verbose=verbose)
-    url = f"http://{HOST}:{server.server_address[1]}/"
+    server = ViewerServer((HOST, port), view, token=secrets.token_urlsafe(24), verbose=verbose)
+    url = f"http://{HOST}:{server.server_address[1]}/{server.token}/"
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="streamsr-view",
                      daemon=True).start()
     if open_browser:
