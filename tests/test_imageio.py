@@ -338,6 +338,20 @@ def _animated_webp(tmp_path):  # (a CMYK JPEG is read now, converted to sRGB: te
     return path
 
 
+def _apng(tmp_path):
+    path = tmp_path / "anim.png"
+    Image.new("RGB", (8, 8)).save(path, save_all=True, append_images=[Image.new("RGB", (8, 8), "red")] * 2)
+    return path
+
+
+def _two_page_tiff(tmp_path):
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(np.zeros((8, 8, 3), np.uint8))
+        tw.write(np.full((8, 8, 3), 255, np.uint8))
+    return path
+
+
 def _float_tiff(tmp_path):
     path = tmp_path / "float.tif"
     tifffile.imwrite(path, np.zeros((8, 8), np.float32))
@@ -378,6 +392,8 @@ BAD_INPUTS = {
     "absurd png": (_absurd_png, "absurd dimensions"),
     "zero-width png": (_zero_png, "empty size"),
     "animated webp": (_animated_webp, "animated WebP"),
+    "animated png": (_apng, "animated PNG (APNG) of 3 frames"),
+    "two-page tiff": (_two_page_tiff, "multi-page TIFF of 2 pages"),
     "float tiff": (_float_tiff, "floating-point"),
     "palette tiff": (_palette_tiff, "palette TIFF"),
     "tiff with a bad IFD offset": (_bad_ifd_tiff, "is not a valid TIFF"),
@@ -395,6 +411,17 @@ def test_bad_inputs_give_one_line_bad_input(tmp_path, case):
     assert expected in assert_one_line(exc_info, path)
     with pytest.raises(BadInput):
         list(iter_row_bands(path, 16))
+
+
+def test_tiff_with_a_reduced_resolution_page_is_one_image(tmp_path):
+    """A thumbnail or a pyramid stored as top-level pages (NewSubfileType 1) is not a second image."""
+    pixels = random_pixels(20, 30, 3, 8)
+    path = tmp_path / "thumb.tif"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(pixels)
+        tw.write(pixels[::2, ::2], subfiletype=1)
+    assert (probe(path).width, probe(path).height) == (30, 20)
+    np.testing.assert_array_equal(to_uint(read_image(path)[0], 8), pixels)
 
 
 def test_pillow_limit_suggests_tiled_tiff_and_spares_tiff(tmp_path, monkeypatch):

@@ -147,6 +147,11 @@ def _probe_png(path: Path, head: bytes, stream: bool = False) -> ImageInfo:
                               "rows; convert it to a tiled TIFF (e.g. vips tiffsave in.png in.tif --tile --bigtiff)")
     with open_pillow(path, "PNG") as im:  # reads the chunks before IDAT only, whatever the size
         mode, bits = _png_mode(path, depth, ctype, "transparency" in im.info)
+        frames = getattr(im, "n_frames", 1)  # APNG: acTL, which comes before IDAT
+    if frames > 1:
+        raise bad_input(path, f"is an animated PNG (APNG) of {frames} frames; streamsr upscales one still "
+                              f"image: save the frame you want as a PNG first (e.g. ffmpeg -i {path.name} "
+                              "-frames:v 1 frame.png for the first one)")
     return ImageInfo(path, width, height, len(mode), mode, bits, "PNG")
 
 
@@ -283,9 +288,22 @@ def _probe_webp(path: Path) -> ImageInfo:
     return ImageInfo(path, width, height, len(mode), mode, 8, "WEBP")
 
 
+def full_pages(tf: tifffile.TiffFile) -> int:
+    """The top-level pages of a TIFF that are images of their own: not reduced-resolution copies or masks
+    (NewSubfileType bits 0 and 2; a pyramid stored as pages, or a thumbnail, is one image)."""
+    return sum(1 for page in tf.pages if not int(getattr(page, "subfiletype", 0) or 0) & 0b101)
+
+
 def _probe_tiff(path: Path) -> ImageInfo:
+    """The first page's header. A TIFF of several images (pages, an ImageJ stack) is refused rather than
+    silently reduced to its first page."""
     with open_tiff(path) as tf:
-        return _tiff_page_info(path, tf.pages.first)
+        info = _tiff_page_info(path, tf.pages.first)
+        pages = full_pages(tf)
+    if pages > 1:
+        raise bad_input(path, f"is a multi-page TIFF of {pages} pages; streamsr upscales one image: save the "
+                              f"page you want as a TIFF first (e.g. tiffcp {path.name},0 page.tif for page 0)")
+    return info
 
 
 def probe(path: os.PathLike | str, *, stream: bool = False) -> ImageInfo:
