@@ -18,9 +18,9 @@ from streamsr.io import deflate
 from streamsr.io.deflate import ParallelDeflate, zlib_header
 from streamsr.io.depth import to_uint
 from streamsr.io.export import export_array
+from streamsr.io.png import PngWriter
 from streamsr.io.probe import probe
 from streamsr.io.read import iter_row_bands, read_image
-from streamsr.io.png import PngWriter
 from streamsr.io.write import open_writer
 
 
@@ -116,7 +116,7 @@ def test_parallel_deflate_is_one_zlib_stream(monkeypatch, impl):
             out += zip_.feed(data[i: i + 77_777])
             most = max(most, len(zip_._pending))
         streams.append(b"".join(out + zip_.finish()))
-        assert most <= 2 * workers + 1  # bounded memory: pieces in flight
+        assert most <= workers + 1  # bounded memory: pieces in flight
     assert streams[0] == streams[1]  # the bytes do not depend on the thread count
     assert zlib.decompress(streams[0]) == data  # one valid stream: header, sync-flushed pieces, Adler-32
     assert len(streams[0]) < len(zlib.compress(data, 1)) * 1.05  # priming keeps the ratio across cuts

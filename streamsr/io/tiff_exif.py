@@ -6,7 +6,8 @@ image's first IFD, and the Exif and GPS tags live in sub-IFDs that IFD0 points t
 tifffile writes the IFD0 tags (`extratags`) but no sub-IFD and refuses the pointer tags themselves, so
 `ifd0_tags` reserves each pointer's entry under a stand-in code one below it (so that the entries stay in
 ascending order once renamed), and `link_sub_ifds` appends the sub-IFDs to the finished BigTIFF and turns
-each stand-in into the pointer to its sub-IFD. Values are moved as raw bytes, re-packed from the EXIF's byte order to the TIFF's ("<").
+each stand-in into the pointer to its sub-IFD. Values are moved as raw bytes, re-packed from the EXIF's
+byte order to the TIFF's ("<").
 Tags that describe the pixels (sizes, compression, offsets, resolution: tifffile writes its own) are not
 copied; nor are pointers inside a sub-IFD (Interoperability), which would dangle.
 """
