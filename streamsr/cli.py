@@ -357,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: from the output suffix")
     ex.add_argument("--compression", choices=("auto", "zstd", "zlib", "jpeg", "none"), default=None,
                     help="TIFF compression (default auto: zstd when available)")
-    ex.add_argument("--quality", type=int, default=90,
-                    help="JPEG/WebP quality of .jpg/.webp outputs and of TIFF/DZI jpeg tiles (default 90)")
+    ex.add_argument("--quality", type=int, default=None,
+                    help="JPEG/WebP quality of .jpg/.webp outputs and TIFF/DZI jpeg tiles (default: the job's, 90)")
     ex.add_argument("--tile-format", choices=("jpg", "png"), default=None, help="DZI tiles (default jpg, png with alpha)")
     ex.add_argument("--ngff", choices=("0.5", "0.4"), default="0.5", help="OME-Zarr version (default 0.5)")
     ex.set_defaults(func=cmd_export)

@@ -139,11 +139,13 @@ def test_upscale_quality_sets_the_jpeg_and_webp_coding(work, tmp_path, capsys): 
     for quality in (40, 90):
         out = tmp_path / f"q{quality}.jpg"
         assert run_cli("upscale", work / "in.png", "-o", out, "--model", work / "model", *ARGS,
-                       "--quality", quality) == 0
+                       "--quality", quality, "--job", tmp_path / f"job{quality}") == 0
         expected = io.BytesIO()  # the exporter's JPEG settings at that quality, on the PNG's pixels
         reference.save(expected, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, optimize=True)
         np.testing.assert_array_equal(pixels(out), np.asarray(Image.open(expected)))
     assert (tmp_path / "q40.jpg").stat().st_size < (tmp_path / "q90.jpg").stat().st_size
+    assert run_cli("export", tmp_path / "job40", "-o", tmp_path / "again.jpg") == 0  # the job's quality
+    np.testing.assert_array_equal(pixels(tmp_path / "again.jpg"), pixels(tmp_path / "q40.jpg"))
     assert run_cli("upscale", work / "in.png", "-o", tmp_path / "o.webp", "--model", work / "model", *ARGS,
                    "--quality", 100) == 0  # WebP at 100 is lossless
     np.testing.assert_array_equal(pixels(tmp_path / "o.webp"), np.asarray(reference))
@@ -152,6 +154,9 @@ def test_upscale_quality_sets_the_jpeg_and_webp_coding(work, tmp_path, capsys): 
         out = tmp_path / f"bad{bad}.jpg"
         assert run_cli("upscale", work / "in.png", "-o", out, "--model", work / "model", *ARGS,
                        "--quality", bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "quality must be an integer in 1..100" in err
+        assert run_cli("export", tmp_path / "job40", "-o", out, "--quality", bad) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "quality must be an integer in 1..100" in err
         assert not out.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import QUALITY_RANGE
 from ..errors import BadInput
 from ..io.export import check_export_path, export_array
 from ..io.metadata import ImageMeta, read_meta
@@ -48,6 +49,17 @@ def output_meta(job_dir: JobDir, manifest: Manifest) -> ImageMeta:
     return read_meta(source).for_output(scale=scale, size=(w, h))
 
 
+def export_quality(quality, manifest: Manifest) -> int:
+    """The JPEG/WebP quality of an export: the one asked for (1..100, BadInput otherwise), else the job's own
+    (`upscale --quality`), so that re-exporting a job gives the file its upscale wrote."""
+    if quality is None:
+        return manifest.job.quality
+    low, high = QUALITY_RANGE
+    if isinstance(quality, bool) or not isinstance(quality, int) or not low <= quality <= high:
+        raise BadInput(f"quality must be an integer in {low}..{high}, got {quality!r}")
+    return quality
+
+
 def export_job(job_dir: JobDir | os.PathLike | str, path: os.PathLike | str, fmt: str | None = None,
                **options) -> Path:
     """Export the output of a finished job (x4 job dir, or a x16 job dir: its second stage) to `path`.
@@ -65,6 +77,7 @@ def export_job(job_dir: JobDir | os.PathLike | str, path: os.PathLike | str, fmt
     manifest = _finished_manifest(result, shown)
     check_export_path(path, fmt=fmt)
     options.setdefault("meta", output_meta(result, manifest))  # ICC profile, EXIF, DPI of the input
+    options["quality"] = export_quality(options.get("quality"), manifest)
     import zarr  # noqa: PLC0415
 
     try:
