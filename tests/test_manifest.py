@@ -64,7 +64,8 @@ def test_manifest_of_version_0_1_loads_with_defaults():
     assert m.init_sweep is True  # its task list keeps the init sweep it was made with
     assert m.fuse_steps == 0  # nor fused steps
     assert set(m.to_json()) == set(raw) | {"init_sweep", "fuse_steps"}
-    assert set(m.to_json()["job"]) == set(raw["job"]) | {"noise_init"}
+    assert set(m.to_json()["job"]) == set(raw["job"]) | {"noise_init", "quality"}
+    assert m.job.quality == 90  # JPEG/WebP quality (upscale --quality) defaults for jobs made before it
     assert ({k: v for k, v in m.to_json().items() if k not in ("job", "init_sweep", "fuse_steps")}
             == {k: v for k, v in raw.items() if k != "job"})
 
