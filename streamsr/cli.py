@@ -96,15 +96,19 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from .jobs.batch import is_batch_request
     from .jobs.flows import check_device, upscale
     from .jobs.leftovers import prepare_output
+    from .jobs.ranks import launched_group
 
+    group = launched_group()  # torchrun: this process is one rank of several (jobs/ranks.py)
     if is_batch_request(args.input, args.output):
+        if group is not None:
+            raise BadInput("several inputs run in one process: launch them without torchrun")
         return cmd_upscale_batch(args)
     args.device = resolve_device(args.device)
     check_device(args.device)
     check_backend_runs(args)
     upscale(args.input[0], prepare_output(args.output, quiet=args.quiet), model_dir=args.model, job_dir=args.job,
             cfg=job_config(args), scale=args.scale, keep_job=args.keep_job, progress=not args.quiet,
-            auto_batch=args.batch is None, auto_placement=args.frontier is None)
+            auto_batch=args.batch is None, auto_placement=args.frontier is None, group=group)
     return EXIT_OK
 
 
@@ -195,12 +199,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from .jobs.batch import is_batch_dir, resume_batch
     from .jobs.flows import logger, resume
+    from .jobs.ranks import launched_group
 
+    group = launched_group()
+    if is_batch_dir(args.job) and group is not None:
+        raise BadInput("a batch of images runs in one process: resume it without torchrun")
     if is_batch_dir(args.job):
         return finish_batch_command(resume_batch(args.job, progress=not args.quiet, log=logger(not args.quiet)),
                                     quiet=args.quiet)
 
-    resume(args.job, model_dir=args.model, progress=not args.quiet)
+    resume(args.job, model_dir=args.model, progress=not args.quiet, group=group)
     return EXIT_OK
 
 

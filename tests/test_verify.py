@@ -116,6 +116,7 @@ def test_missing_state_stops_resume(done, tmp_path, capsys):
     line = one_error_line(capsys)
     assert "block (row 0, col 0) is missing" in line and "state" in line
     assert read_manifest(job).cursor == cursor
+    assert read_manifest(job).status is JobStatus.INTERRUPTED  # the run stopped: not left "running"
     assert not verify_job(job).ok
 
 

@@ -18,6 +18,7 @@ from ..config import JobConfig, ModelConfig
 from ..core.sampler import karras_sigmas
 from ..errors import BadInput
 from ..stream.memory import LR_SHARD_BLOCKS
+from ..stream.ranks import rank_fuse
 from ..weights import model_hash, read_model_config
 from .manifest import Geometry, InputInfo, JobStatus, Manifest, MemoryPlan, ModelRef, OutputRef
 from .store import CroppedView, JobDir, JobError, JobStore
@@ -115,8 +116,10 @@ def now_iso() -> str:
 
 
 def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_batch: bool,
-                auto_placement: bool) -> tuple[JobConfig, MemoryPlan]:
-    """Resolve batch and frontier placement with the memory planner: (JobConfig with them, the plan)."""
+                auto_placement: bool, ranks: int = 1) -> tuple[JobConfig, MemoryPlan]:
+    """Resolve batch and frontier placement with the memory planner: (JobConfig with them, the plan).
+    On several ranks each steps sweep has at most ceil(steps / ranks) steps, so that every rank gets one
+    (stream/ranks.py); each rank's budget is the plan's."""
     from ..stream import memory
 
     try:
@@ -129,13 +132,14 @@ def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_b
         raise BadInput(str(exc)) from None
     fuse, pred = memory.fused_plan(pred, steps=cfg.steps, sampler=cfg.sampler, vram=cfg.vram or None,
                                    ram=cfg.ram or None, device_type=torch.device(cfg.device).type)
-    plan = MemoryPlan.from_prediction(pred, fuse=fuse)
+    plan = MemoryPlan.from_prediction(pred, fuse=rank_fuse(fuse, steps=cfg.steps, world=ranks))
     return replace(cfg, batch_rows=plan.batch[0], batch_cols=plan.batch[1], placement=plan.placement), plan
 
 
 def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, model_dir: Path, cfg: JobConfig,
-               stage: str = "x4", auto_batch: bool = False, auto_placement: bool = False) -> JobStore:
-    """Make a new job dir: store, LR, semantic vector, then the manifest (written last)."""
+               stage: str = "x4", auto_batch: bool = False, auto_placement: bool = False, ranks: int = 1) -> JobStore:
+    """Make a new job dir: store, LR, semantic vector, then the manifest (written last). ranks: the
+    processes that will run it together (jobs/ranks.py)."""
     from ..semantic import semantic_vector
 
     mcfg: ModelConfig = read_model_config(model_dir)
@@ -144,7 +148,7 @@ def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, mo
     if source.info.mode not in CHANNELS:
         raise BadInput(f"{source.info.path}: pixel mode {source.info.mode!r} is not one of {', '.join(CHANNELS)}")
     geo = Geometry(source.info.height, source.info.width, mcfg.block_size)
-    cfg, plan = plan_memory(mcfg, cfg, geometry=geo, auto_batch=auto_batch, auto_placement=auto_placement)
+    cfg, plan = plan_memory(mcfg, cfg, geometry=geo, auto_batch=auto_batch, auto_placement=auto_placement, ranks=ranks)
     manifest = Manifest(
         stage=stage,
         status=JobStatus.CREATED,
@@ -159,6 +163,7 @@ def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, mo
         total_tasks=0,
         init_sweep=False,  # step 0's sweeps compute x_T (planner.job_tasks)
         fuse_steps=plan.fuse,  # steps sweeps of this many steps (planner.fused_sweeps)
+        ranks=ranks,
     )
     manifest = replace(manifest, total_tasks=len(manifest.tasks()))
     store = JobStore.create(where, manifest)

@@ -15,6 +15,7 @@ go to the store's writer (shards.py) on the I/O thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -55,7 +56,7 @@ class SweepExecutor:
     """Runs the model tasks of one job; holds the model, the schedule and the current sweep's frontier."""
 
     def __init__(self, store: JobStore, model: InfDiT, *, vector: torch.Tensor | None, device: torch.device,
-                 timers: Timers):
+                 timers: Timers, spill: Path | None = None):
         m = store.manifest
         self.store = store
         self.job = m.job
@@ -63,7 +64,7 @@ class SweepExecutor:
         self.vector = vector  # (1, V) or None
         self.device = device
         self.timers = timers
-        self.spill = store.dir.frontier
+        self.spill = spill or store.dir.frontier  # this process's K/V spill dir (one per rank)
         self.kernel = get_kernel(self.job.backend, device, model.dtype)  # xformers: checked here, once
         self.sigmas = m.sigmas
         self.init_sweep = m.init_sweep
@@ -72,6 +73,7 @@ class SweepExecutor:
         self.shape = m.batch_shape
         self.plan = frontier_plan(self.grid, self.shape)
         self.fuse = m.fuse_steps
+        self.ring = m.ring  # state arrays of the steps sweeps (several ranks: one more than ranks)
         self._sweep: Sweep | None = None  # the task sweep being run
         self._frontiers: dict[Sweep, tuple[Frontier, torch.Tensor]] = {}  # its denoiser sweeps: frontier, (1, C) emb
 
@@ -101,7 +103,7 @@ class SweepExecutor:
                 return TaskInputs(up, windows, x=state(task.step))
             if task.kind is TaskKind.STEPS:  # the group's input: x_T, or the last group's output
                 group = task.step // self.fuse
-                return TaskInputs(up, windows, x=self._initial_state(task, up) if group == 0 else read(group_array(group)))
+                return TaskInputs(up, windows, x=self._initial_state(task, up) if group == 0 else read(group_array(group, ring=self.ring)))
             if task.kind is TaskKind.CORRECT:
                 return TaskInputs(up, windows, x=read("pred"), state=state(task.step), deriv=read("deriv"))
         raise ValueError(f"{task.kind} is not a model task")
@@ -117,7 +119,7 @@ class SweepExecutor:
         if task.kind is TaskKind.CORRECT:
             return self._correct(task, box, inputs)
         if task.kind is TaskKind.STEPS:
-            return [BlockWrite(group_array(task.step // self.fuse + 1), box, self._steps(task, box, inputs))]
+            return [BlockWrite(group_array(task.step // self.fuse + 1, ring=self.ring), box, self._steps(task, box, inputs))]
         raise ValueError(f"{task.kind} is not a model task")
 
     def replay(self, task: Task, inputs: TaskInputs) -> None:
@@ -132,6 +134,22 @@ class SweepExecutor:
             return
         sigma = self.sigmas[task.step] if task.kind is TaskKind.PREDICT else self.sigmas[task.step + 1]
         self._denoise(task, task.sweep, inputs.x, inputs, sigma)
+
+    # ---- snapshots of the current sweep's frontiers (jobs/snapshots.py) ---------------------------
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Every frontier of the current task sweep, in host memory: "KIND.STEP.R_C_LAYER" -> (2, B, T, H, D)."""
+        return {f"{sub.kind}.{sub.step}.{name}": kv for sub, (frontier, _) in self._frontiers.items()
+                for name, kv in frontier.export().items()}
+
+    def restore(self, task: Task, tensors: dict[str, torch.Tensor]) -> None:
+        """Make `task`'s sweep current with the frontiers of a `snapshot` (taken in the same sweep)."""
+        subs: dict[Sweep, dict[str, torch.Tensor]] = {}
+        for key, kv in tensors.items():
+            kind, step, name = key.split(".", 2)
+            subs.setdefault(Sweep(TaskKind(kind), int(step)), {})[name] = kv
+        for sub, entries in subs.items():
+            sigma = self.sigmas[sub.step] if sub.kind is TaskKind.PREDICT else self.sigmas[sub.step + 1]
+            self._frontier(task, sub, sigma)[0].restore(entries)
 
     # ---- the sweeps in flight and their frontiers -----------------------------------------------
     def _frontier(self, task: Task, sub: Sweep, sigma: float) -> tuple[Frontier, torch.Tensor]:

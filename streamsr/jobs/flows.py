@@ -22,8 +22,9 @@ from ..stream.memory import format_bytes
 from .create import LRInput, check_same_job, create_job, file_source, resolve_model_dir
 from .integrity import checked_output
 from .manifest import InputInfo, JobStatus, MemoryPlan, OutputRef
-from .progress import format_seconds
-from .run import Interrupted, JobReport, remove_job_dir, run_job
+from .progress import BatchPosition, format_seconds
+from .ranks import RankGroup
+from .run import Interrupted, JobReport, remove_job_dir, resume_command, run_job
 from .store import JobDir, JobError, JobStore, job_lock, read_manifest, write_json_atomic
 
 SCALES = (4, 16)
@@ -39,7 +40,7 @@ def quiet_log(message: str) -> None:
 
 def logger(progress: bool):
     """What the flows print with: `log`, or nothing when progress output is off (-q) or goes to a callback."""
-    return log if progress is True else quiet_log
+    return log if progress is True or isinstance(progress, BatchPosition) else quiet_log
 
 
 TEMP_JOB_PREFIX = ".streamsr-job-"  # a job dir made by `upscale` without --job, removed once the job is done
@@ -93,24 +94,33 @@ def prepare_job_dir(job_dir: JobDir) -> None:
 
 
 def run_stage(job_dir: JobDir, source: LRInput, *, output: Path | None, model_dir: Path, cfg: JobConfig,
-              progress: bool, stage: str = "x4", auto: tuple[bool, bool] = (False, False)) -> None:
-    """Create the stage's job if needed (or check that the existing one matches), then run it."""
-    log = logger(progress)
-    prepare_job_dir(job_dir)
-    with job_lock(job_dir):
-        if job_dir.is_job():
-            manifest = read_manifest(job_dir)
-            check_same_job(manifest, source, model_dir=model_dir, cfg=cfg)
-            if output is not None and manifest.output.path != str(output):
-                JobStore.open(job_dir).commit(output=OutputRef(str(output)))
-            log(f"resuming job {job_dir.root} at task {manifest.cursor}/{manifest.total_tasks}")
-        else:
-            if job_dir.store.exists():  # killed while being created (we hold the lock): nothing was committed
-                shutil.rmtree(job_dir.store)
-            log(f"creating job {job_dir.root}")
-            create_job(job_dir, source, output=output, model_dir=model_dir, cfg=cfg, stage=stage,
-                       auto_batch=auto[0], auto_placement=auto[1])
-    run_job(job_dir, model_dir=model_dir, progress=progress, log=log)
+              progress: bool, stage: str = "x4", auto: tuple[bool, bool] = (False, False),
+              group: RankGroup | None = None) -> None:
+    """Create the stage's job if needed (or check that the existing one matches), then run it. With a
+    group of ranks (torchrun), rank 0 creates or checks it while the others wait, then every rank runs."""
+    log = logger(progress and (group is None or group.rank == 0))
+
+    def create_or_check() -> None:
+        prepare_job_dir(job_dir)
+        with job_lock(job_dir):
+            if job_dir.is_job():
+                manifest = read_manifest(job_dir)
+                check_same_job(manifest, source, model_dir=model_dir, cfg=cfg)
+                if output is not None and manifest.output.path != str(output):
+                    JobStore.open(job_dir).commit(output=OutputRef(str(output)))
+                log(f"resuming job {job_dir.root} at task {manifest.cursor}/{manifest.total_tasks}")
+            else:
+                if job_dir.store.exists():  # killed while being created (we hold the lock): nothing was committed
+                    shutil.rmtree(job_dir.store)
+                log(f"creating job {job_dir.root}" + (f" for {group.world} ranks" if group else ""))
+                create_job(job_dir, source, output=output, model_dir=model_dir, cfg=cfg, stage=stage,
+                           auto_batch=auto[0], auto_placement=auto[1], ranks=group.world if group else 1)
+
+    if group is None:
+        create_or_check()
+    else:
+        group.on_rank0("create or check the job", create_or_check)
+    run_job(job_dir, model_dir=model_dir, progress=progress, log=log, group=group)
 
 
 def store_source(job_dir: JobDir) -> LRInput:
@@ -186,17 +196,20 @@ def prepare_chain(job_dir: JobDir, chain: Chain) -> None:
 
 def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig | None = None, scale: int = 4,
             keep_job: bool = False, progress: bool = True, auto_batch: bool = False,
-            auto_placement: bool = False) -> Path:
+            auto_placement: bool = False, group: RankGroup | None = None) -> Path:
     """Upscale an image file into `output`; returns the output path.
 
     auto_batch / auto_placement: let the memory planner choose the block batch / the frontier placement
-    (the fastest plan within cfg.vram and cfg.ram), instead of cfg's values.
+    (the fastest plan within cfg.vram and cfg.ram), instead of cfg's values. group: the ranks torchrun
+    launched (jobs/ranks.py); every rank calls this, rank 0 makes and finishes the job.
     """
     from ..io.export import check_export_path
 
     cfg = cfg or JobConfig()
     if scale not in SCALES:
         raise BadInput(f"scale {scale} is not supported: use 4 (native) or 16 (two chained x4 jobs)")
+    if group is not None and scale != 4:
+        raise BadInput("--scale 16 runs in one process: launch it without torchrun")
     input_path, output = Path(input_path), Path(output).resolve()
     if not input_path.exists():
         raise BadInput(f"input {input_path} does not exist")
@@ -208,13 +221,19 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
     log = logger(progress)
     model_dir = resolve_model_dir(model_dir)
     temporary = job_dir is None
-    jd = JobDir(Path(tempfile.mkdtemp(prefix=TEMP_JOB_PREFIX, dir=output.parent)) if temporary
-                else Path(job_dir).resolve())
+    if temporary:  # rank 0 names it for a group (on a filesystem every node sees, beside the output)
+        mkdtemp = lambda: tempfile.mkdtemp(prefix=TEMP_JOB_PREFIX, dir=output.parent)  # noqa: E731
+        job_dir = mkdtemp() if group is None else group.on_rank0("make a temporary job dir", mkdtemp)
+    jd = JobDir(Path(job_dir).resolve())
+    if group is not None and group.rank != 0:  # rank 0 alone cleans up and reports
+        run_stage(jd, file_source(input_path), output=output, model_dir=model_dir, cfg=cfg, progress=progress,
+                  auto=(auto_batch, auto_placement), group=group)
+        return output
     auto = (auto_batch, auto_placement)
     try:
         if scale == 4:
             run_stage(jd, file_source(input_path), output=output, model_dir=model_dir, cfg=cfg, progress=progress,
-                      auto=auto)
+                      auto=auto, group=group)
         else:
             prepare_chain(jd, Chain(str(input_path.resolve()), str(output), str(model_dir), cfg, auto))
             run_chain(jd, progress=progress)
@@ -223,7 +242,7 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
         if kept and held_elsewhere(jd):
             raise
         if kept and not isinstance(exc, Interrupted):
-            log(f"the job is kept in {jd.root}; resume it with: streamsr resume {jd.root}")
+            log(f"the job is kept in {jd.root}; resume it with: {resume_command(jd, group)}")
         elif not kept and temporary:
             shutil.rmtree(jd.root, ignore_errors=True)
         if isinstance(exc, KeyboardInterrupt):
@@ -239,17 +258,22 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
     return output
 
 
-def resume(job_dir, *, model_dir=None, progress: bool = True) -> None:
-    """Run a job (x4 or x16) to the end; a temporary job dir (made without --job) is removed once done."""
+def resume(job_dir, *, model_dir=None, progress: bool = True, group: RankGroup | None = None) -> None:
+    """Run a job (x4 or x16) to the end; a temporary job dir (made without --job) is removed once done.
+    group: the ranks torchrun launched (jobs/ranks.py), for a job made on as many."""
     jd = JobDir(Path(job_dir).resolve())
-    log = logger(progress)
+    log = logger(progress and (group is None or group.rank == 0))
+    if group is not None and jd.is_chain():
+        raise BadInput(f"{jd.root} is a x16 job, which runs in one process: resume it without torchrun")
     try:
         if jd.is_chain():
             run_chain(jd, progress=progress)
         else:
-            run_job(jd, model_dir=Path(model_dir) if model_dir else None, progress=progress, log=log)
+            run_job(jd, model_dir=Path(model_dir) if model_dir else None, progress=progress, log=log, group=group)
     except KeyboardInterrupt:  # before the run loop took over Ctrl-C (loading, replaying)
         raise Interrupted(f"interrupted; resume with: streamsr resume {jd.root}") from None
+    if group is not None and group.rank != 0:
+        return
     if jd.root.name.startswith(TEMP_JOB_PREFIX):
         remove_job_dir(jd) if jd.is_job() else shutil.rmtree(jd.root)
         log(f"job {jd.root} is done; its temporary job dir is removed")

@@ -203,12 +203,15 @@ class Manifest:
     updated: str | None = None  # ISO time of the last commit while running
     init_sweep: bool = True  # x_T written by an init sweep (earlier versions) or computed by step 0's sweeps
     fuse_steps: int = 0  # sampler steps per steps sweep (planner.fused_sweeps); 0: one sweep per predict/correct
+    ranks: int = 1  # processes that run the job together (stream/ranks.py; 1 in earlier versions)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", JobStatus(self.status))
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
         if not 0 <= self.cursor <= self.total_tasks:
             raise ValueError(f"cursor {self.cursor} outside 0..{self.total_tasks}")
+        if self.ranks < 1 or (self.ranks > 1 and not self.fuse_steps):
+            raise ValueError(f"ranks {self.ranks}: a job runs on >= 1 rank, several only with fused steps")
 
     # ---- derived ----------------------------------------------------------------------------------
     @property
@@ -224,6 +227,11 @@ class Manifest:
     def groups(self) -> int:
         """Steps sweeps of a fused job (0 for the per-sweep layout)."""
         return -(-self.job.steps // self.fuse_steps) if self.fuse_steps else 0
+
+    @property
+    def ring(self) -> int:
+        """State arrays the steps sweeps cycle through (store.group_array): ranks + 1."""
+        return self.ranks + 1
 
     # ---- JSON -------------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -246,6 +254,8 @@ class Manifest:
             "init_sweep": self.init_sweep,
             "fuse_steps": self.fuse_steps,
         }
+        if self.ranks != 1:
+            data["ranks"] = self.ranks
         if self.plan is not None:
             data["plan"] = self.plan.to_json()
         if self.updated is not None:
@@ -278,4 +288,5 @@ class Manifest:
             updated=data.get("updated"),
             init_sweep=_flag(data.get("init_sweep", True), "init_sweep"),
             fuse_steps=_count(data.get("fuse_steps", 0), "fuse_steps"),
+            ranks=_count(data.get("ranks", 1), "ranks"),
         )

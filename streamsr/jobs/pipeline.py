@@ -33,6 +33,8 @@ from ..stream.planner import Task, TaskKind, TaskList
 from .faults import kill_point, kill_point_in
 from .manifest import AnchorMoments, Manifest
 from .progress import ProgressBar, Timers, task_label
+from .ranks import RankRun
+from .snapshots import SnapshotDir, SnapshotPolicy
 from .shards import ShardReader, ShardWriter
 from .store import JobStore
 
@@ -115,9 +117,11 @@ class TaskPipeline:
     """Runs the tasks of one job from its cursor with reads ahead and writes behind (module docstring)."""
 
     def __init__(self, store: JobStore, tasks: TaskList, *, sweeps: SweepExecutor, finalizer: Finalizer,
-                 timers: Timers, policy: CommitPolicy | None = None, depth: int = 2):
+                 timers: Timers, policy: CommitPolicy | None = None, depth: int = 2, ranks: RankRun | None = None,
+                 snapshots: SnapshotDir | None = None):
         self.store = store
         self.tasks = tasks
+        self.ranks = ranks or RankRun.solo(tasks)  # this process's tasks, waits and commits (jobs/ranks.py)
         self.sweeps = sweeps
         self.finalizer = finalizer
         self.timers = timers  # the compute thread's
@@ -125,17 +129,26 @@ class TaskPipeline:
         self.policy = policy or CommitPolicy.from_env()
         self.depth = depth
         self.reader = ShardReader(store)
+        self.snapshots = snapshots  # frontier snapshots: a resume replays a bounded part of a sweep
+        self.snapshot_policy = SnapshotPolicy.from_env()
         self.writer = ShardWriter(store, timers=self.io_timers)
+
+    @property
+    def cursor(self) -> int:
+        """This process's last committed cursor (its next task; jobs/ranks.py)."""
+        return getattr(self, "_cursor", self.store.manifest.cursor)
 
     # ---- reads (also used before the loop, to replay a sweep's committed batches) ----------------
     def read_inputs(self, task: Task):
         return self.sweeps.inputs(task, self.reader, self.io_timers)
 
     # ---- the loop -------------------------------------------------------------------------------
-    def run(self, manifest: Manifest, *, stop, bar: ProgressBar, clock: RunClock) -> Manifest:
-        """Run the tasks from manifest.cursor to the end (or to a stop request); returns the last manifest
-        committed. Every queued write and commit has finished when it returns or raises."""
+    def run(self, manifest: Manifest, *, stop, bar: ProgressBar, clock: RunClock, cursor: int | None = None) -> Manifest:
+        """Run this process's tasks from `cursor` (default: the manifest's) to the end, or to a stop
+        request; returns the last manifest committed. Every queued write and commit has finished when it
+        returns or raises."""
         self._committed = manifest
+        self._cursor = manifest.cursor if cursor is None else cursor  # this process's last committed cursor
         self._last_commit = time.monotonic()
         io = IOThread()
         switch = sys.getswitchinterval()
@@ -144,17 +157,31 @@ class TaskPipeline:
         ahead: tuple[int, Future] | None = None
         moments = manifest.moments
         try:
-            for index in range(manifest.cursor, len(self.tasks)):
+            index = self.ranks.next_own(self._cursor)
+            while index < len(self.tasks):
                 task = self.tasks[index]
-                nxt = self.tasks[index + 1] if index + 1 < len(self.tasks) else None
+                following = self.ranks.next_own(index + 1)
+                nxt = self.tasks[following] if following < len(self.tasks) else None
                 sweep_end = nxt is None or nxt.sweep != task.sweep
+                if not (ahead and ahead[0] == index):
+                    with self.timers("wait"):
+                        self.ranks.wait(index, stop=stop)  # several ranks: the previous sweep's batch is on disk
+                    if stop.signal is not None:
+                        queued.append(io.submit(self._commit, index, moments, dict(self.timers.seconds), clock))
+                        break
                 if task.is_model or task.kind is TaskKind.INIT:
                     future = ahead[1] if ahead and ahead[0] == index else io.submit(self.read_inputs, task)
                     with self.timers("wait"):
                         inputs = future.result()
-                    ahead = (index + 1, io.submit(self.read_inputs, nxt)) if not sweep_end else None
+                    ahead = ((following, io.submit(self.read_inputs, nxt))
+                             if not sweep_end and self.ranks.ready(following) else None)
+                    if task.batch.index == 0:
+                        self.snapshot_policy.restart()
                     queued.append(io.submit(self.writer.write, index, self.sweeps.compute(task, inputs)))
                     kill_point(index, "queued")
+                    if task.is_model and not sweep_end and self.snapshots and self.snapshot_policy.due():
+                        started = time.monotonic()
+                        queued.append(io.submit(self._snapshot, task, following, self.sweeps.snapshot(), started))
                 elif task.kind is TaskKind.ANCHOR:
                     writes = self.finalizer.anchor(task.batch, moments)
                     queued.append(io.submit(self.writer.write, index, writes))
@@ -175,23 +202,32 @@ class TaskPipeline:
                     queued.append(io.submit(self.writer.flush))
                     queued.append(io.submit(self.reader.forget))
                 now = time.monotonic()
-                if (sweep_end or stop.signal is not None or index + 1 - self._committed.cursor >= self.policy.every_tasks
+                if (sweep_end or stop.signal is not None or index + 1 - self._cursor >= self.policy.every_tasks
                         or now - self._last_commit >= self.policy.every_seconds):
                     self._last_commit = now
                     release_free_memory()
                     queued.append(io.submit(self._commit, index + 1, moments, dict(self.timers.seconds), clock))
+                    if sweep_end and task.is_model and self.snapshots:
+                        queued.append(io.submit(self.snapshots.clear, task.sweep))
                     if sweep_end or stop.signal is not None:
                         self._drain(queued)
-                bar.update(index + 1, self.tasks.model_blocks_before(index + 1), label=task_label(task, self._steps()),
+                bar.update(index + 1, self.ranks.model_blocks_before(following), label=task_label(task, self._steps()),
                            new_blocks=task.evals * len(task.batch.blocks()) if task.is_model else 0,
                            force=index + 1 == len(self.tasks))
                 if stop.signal is not None:
                     break
+                index = following
             self._drain(queued)
         finally:
             io.shutdown()
             sys.setswitchinterval(switch)
         return self._committed
+
+    def _snapshot(self, task: Task, cursor: int, tensors: dict, started: float) -> None:
+        """On the I/O thread: save the frontiers as they were before task `cursor` (jobs/snapshots.py)."""
+        with self.io_timers("snapshot"):
+            self.snapshots.save(task.sweep, cursor, tensors)
+        self.snapshot_policy.taken(time.monotonic() - started)
 
     def _steps(self) -> int:
         return self.store.manifest.job.steps
@@ -202,17 +238,21 @@ class TaskPipeline:
                 queued.popleft().result()
 
     def _commit(self, candidate: int, moments: AnchorMoments, seconds: dict, clock: RunClock) -> None:
-        """On the I/O thread: commit the cursor up to what is on disk (at most `candidate`)."""
-        cursor = self.writer.durable(candidate)
-        if cursor <= self._committed.cursor:
+        """On the I/O thread: commit the cursor up to what is on disk (at most `candidate`; several ranks:
+        this rank's next task at or after it)."""
+        cursor = self.ranks.next_own(self.writer.durable(candidate))
+        if cursor <= self._cursor:
             return
         if cursor < candidate and moments != self._committed.moments:
             raise RuntimeError("anchoring moments changed while writes were buffered")  # stats write nothing
         with self.io_timers("commit"):
-            kill_point_in(range(self._committed.cursor, cursor), "before-commit")
-            self._committed = self.store.commit(
-                cursor=cursor, moments=moments, seconds=clock.seconds(seconds, self.io_timers.seconds),
-                model_blocks_done=self.tasks.model_blocks_before(cursor), updated=now_iso())
+            kill_point_in(range(self._cursor, cursor), "before-commit")
+            self._committed = self.ranks.commit(self.store, cursor, before=self._cursor, moments=moments,
+                                                seconds=clock.seconds(seconds, self.io_timers.seconds),
+                                                updated=now_iso())
+            self._cursor = cursor
+        if self.snapshots is not None:
+            self.snapshots.prune(cursor)
 
 
 def release_free_memory() -> None:

@@ -7,6 +7,7 @@ tasks, committing the cursor after each task's writes. The task list is built on
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import time
@@ -18,11 +19,14 @@ import torch
 from ..config import SR_SCALE
 from ..errors import BadInput, StreamsrError
 from ..stream.planner import TaskList
+from ..stream.ranks import RankPlan
 from ..weights import model_hash
 from .create import now_iso
 from .manifest import JobStatus, Manifest
-from .pipeline import RunClock, TaskPipeline
+from .pipeline import CommitPolicy, RunClock, TaskPipeline
 from .progress import ProgressBar, Timers, eta_seconds
+from .ranks import RankFailed, RankGroup, RankLedger, RankRun, rank_device
+from .snapshots import SnapshotDir
 from .store import JobDir, JobError, JobStore, job_lock, read_manifest
 
 
@@ -62,64 +66,143 @@ class StopFlag:
 
 
 def _refill_frontier(tasks: TaskList, cursor: int, pipeline: TaskPipeline, log) -> None:
-    """At a cursor inside a denoiser sweep, replay the sweep's committed batches to rebuild its frontier."""
+    """At a cursor inside a denoiser sweep, rebuild its frontier: from the newest snapshot of the sweep
+    (jobs/snapshots.py), then by replaying the sweep's committed batches after it."""
     if cursor >= len(tasks) or not tasks[cursor].is_model or tasks[cursor].batch.index == 0:
         return
     first = cursor - tasks[cursor].batch.index
+    found = pipeline.snapshots.latest(tasks[cursor].sweep, first=first, cursor=cursor) if pipeline.snapshots else None
+    if found is not None:
+        at, tensors = found
+        pipeline.sweeps.restore(tasks[cursor], tensors)
+        log(f"restored the K/V frontier from a snapshot at batch {at - first} of the current sweep")
+        first = at
     log(f"rebuilding the K/V frontier: replaying {cursor - first} batch(es) of the current sweep")
     for index in range(first, cursor):
         pipeline.sweeps.replay(tasks[index], pipeline.read_inputs(tasks[index]))
 
 
-def run_job(where: JobDir | Path, *, model_dir: Path | None = None, progress: bool = True, log=print) -> Manifest:
-    """Run (or resume) a job to the end; returns the final manifest. Raises Interrupted on Ctrl-C."""
+def _open_job(job_dir: JobDir, hold: contextlib.ExitStack, group: RankGroup | None) -> tuple[JobStore, int]:
+    """Take the job's lock (rank 0 of a group: one lock covers every rank), check that the job runs on
+    this many ranks and delete stray partial files; the other ranks of a group wait for rank 0's word.
+    Returns the store and how many partial files were removed."""
+    world = group.world if group else 1
+
+    def open_locked() -> int:
+        hold.enter_context(job_lock(job_dir))
+        ranks = read_manifest(job_dir).ranks
+        if ranks != world:
+            raise JobError(_ranks_hint(job_dir, ranks, world))
+        RankLedger(job_dir, world).check()
+        stray = job_dir.partials()
+        for path in stray:
+            path.unlink(missing_ok=True)
+        return len(stray)
+
+    stray = open_locked() if group is None else group.on_rank0("open the job", open_locked)
+    return JobStore.open(job_dir), stray
+
+
+def _ranks_hint(job_dir: JobDir, ranks: int, world: int) -> str:
+    if ranks == 1:
+        return f"job {job_dir.root} runs in one process; resume it without torchrun: streamsr resume {job_dir.root}"
+    return (f"job {job_dir.root} runs on {ranks} ranks, not {world}: relaunch it with torchrun "
+            f"--nproc-per-node {ranks} -m streamsr resume {job_dir.root} (or {ranks} ranks over several nodes)")
+
+
+def run_job(where: JobDir | Path, *, model_dir: Path | None = None, progress: bool = True, log=print,
+            group: RankGroup | None = None) -> Manifest:
+    """Run (or resume) a job to the end; returns the final manifest. Raises Interrupted on Ctrl-C.
+    With a group (torchrun), every rank calls it and runs its own tasks (jobs/ranks.py)."""
+    job_dir = JobDir.of(where)
+    with contextlib.ExitStack() as hold:
+        if group is not None:
+            group.agree("job dirs", str(job_dir.root.resolve()))
+        try:
+            return _run_locked(job_dir, hold, model_dir=model_dir, progress=progress, log=log, group=group)
+        except (StreamsrError, torch.OutOfMemoryError) as exc:
+            if group is not None and not isinstance(exc, (Interrupted, RankFailed)):
+                group.fail(str(exc))  # the other ranks stop too, naming this one
+            raise
+
+
+def _run_locked(job_dir: JobDir, hold: contextlib.ExitStack, *, model_dir: Path | None, progress: bool, log,
+                group: RankGroup | None) -> Manifest:
     from ..weights import load_model
     from .executor import SweepExecutor
     from .finalize import Finalizer
 
-    job_dir = JobDir.of(where)
-    with job_lock(job_dir):
-        store = JobStore.open(job_dir)
-        stray = store.remove_partials()
-        m = store.manifest
-        model_dir = Path(model_dir).resolve() if model_dir else Path(m.model.dir)
-        if not (model_dir / "config.json").is_file():
-            raise BadInput(f"the job's model dir {model_dir} is gone; pass --model DIR with the same model")
-        if model_hash(model_dir) != m.model.hash:
-            raise JobError(f"model {model_dir} is not the one job {job_dir.root} was made with")
-        job = m.job
-        device = torch.device(job.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise BadInput("--device cuda was asked for but torch sees no CUDA device")
-        model = load_model(model_dir, device=device, dtype=torch.bfloat16 if job.dtype == "bf16" else torch.float32)
-        vector = (torch.from_numpy(store.read_region("vector", Ellipsis, origin=(0, 0))).to(device)  # (1, V)
-                  if model.cfg.vector_dim else None)
-        tasks = m.tasks()
-        timers = Timers()
-        sweeps = SweepExecutor(store, model, vector=vector, device=device, timers=timers)
-        pipeline = TaskPipeline(store, tasks, sweeps=sweeps, finalizer=Finalizer(store, device=device, timers=timers),
-                                timers=timers)
-        if stray:
-            log(f"removed {len(stray)} partial file(s) left by an interrupted write")
-        _refill_frontier(tasks, m.cursor, pipeline, log)
-        bar = ProgressBar(len(tasks), tasks.model_blocks(), enabled=progress is True,
-                          callback=progress if callable(progress) else None)
+    model_dir = Path(model_dir).resolve() if model_dir else Path(read_manifest(job_dir).model.dir)
+    if not (model_dir / "config.json").is_file():
+        raise BadInput(f"the job's model dir {model_dir} is gone; pass --model DIR with the same model")
+    digest = model_hash(model_dir)
+    if group is not None:
+        group.agree("models", digest)
+    store, stray = _open_job(job_dir, hold, group)
+    m = store.manifest
+    if digest != m.model.hash:
+        raise JobError(f"model {model_dir} is not the one job {job_dir.root} was made with")
+    job = m.job
+    device = rank_device(job.device, group)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda was asked for but torch sees no CUDA device")
+    model = load_model(model_dir, device=device, dtype=torch.bfloat16 if job.dtype == "bf16" else torch.float32)
+    vector = (torch.from_numpy(store.read_region("vector", Ellipsis, origin=(0, 0))).to(device)  # (1, V)
+              if model.cfg.vector_dim else None)
+    tasks = m.tasks()
+    ranks = RankRun.solo(tasks)
+    if group is not None:
+        ranks = RankRun(RankPlan(tasks, group.rank, group.world), group, RankLedger(job_dir, group.world))
+    cursor = ranks.ledger.start(ranks.plan, m.cursor) if ranks.ledger else m.cursor
+    if group is not None:
+        if ranks.ledger.read(group.rank) != cursor:  # a rank's file exists from its first run on (world size)
+            ranks.ledger.write(group.rank, cursor)
+        group.publish(cursor)
+    timers = Timers()
+    spill = job_dir.frontier / f"rank-{group.rank}" if group else job_dir.frontier
+    sweeps = SweepExecutor(store, model, vector=vector, device=device, timers=timers, spill=spill)
+    pipeline = TaskPipeline(store, tasks, sweeps=sweeps, finalizer=Finalizer(store, device=device, timers=timers),
+                            timers=timers, ranks=ranks, policy=CommitPolicy(1, 0.0) if group else None,
+                            snapshots=SnapshotDir(spill / "snapshots"))
+    if stray:
+        log(f"removed {stray} partial file(s) left by an interrupted write")
+    _refill_frontier(tasks, cursor, pipeline, log)
+    bar = ProgressBar(len(tasks), tasks.model_blocks(), enabled=progress is True and ranks.writes_manifest,
+                      callback=progress if callable(progress) else None)
+    if ranks.writes_manifest:
         m = store.commit(status=JobStatus.RUNNING, updated=now_iso())
-        clock = RunClock(dict(m.seconds), time.monotonic())
-        with StopFlag() as stop:
-            try:
-                m = pipeline.run(m, stop=stop, bar=bar, clock=clock)
-            except torch.OutOfMemoryError:
-                bar.close()
-                store.commit(status=JobStatus.INTERRUPTED)
-                raise OutOfMemory(f"the device ran out of memory at task {store.manifest.cursor}; free memory "
-                                  f"or plan with a smaller --vram, then resume with: streamsr resume "
-                                  f"{job_dir.root}") from None
+    clock = RunClock(dict(m.seconds), time.monotonic())
+    with StopFlag() as stop:
+        try:
+            m = pipeline.run(m, stop=stop, bar=bar, clock=clock, cursor=cursor)
+        except torch.OutOfMemoryError:
             bar.close()
-            if stop.signal is not None and m.cursor < len(tasks):
+            if ranks.writes_manifest:
                 store.commit(status=JobStatus.INTERRUPTED)
-                raise Interrupted(f"interrupted; resume with: streamsr resume {job_dir.root}")
-        return store.commit(status=JobStatus.DONE, updated=now_iso())
+            raise OutOfMemory(f"the device ran out of memory at task {pipeline.cursor}; free memory or plan "
+                              f"with a smaller --vram or --batch, then resume with: streamsr resume "
+                              f"{job_dir.root}") from None
+        except (StreamsrError, OSError):  # damaged data, a full disk, a lost rank: the job is not running
+            bar.close()
+            if ranks.writes_manifest:
+                with contextlib.suppress(OSError):  # the disk may be what failed; the cursor stays as committed
+                    store.commit(status=JobStatus.INTERRUPTED, updated=now_iso())
+            raise
+        bar.close()
+        if stop.signal is not None and pipeline.cursor < len(tasks):
+            if ranks.writes_manifest:
+                store.commit(status=JobStatus.INTERRUPTED)
+            raise Interrupted(f"interrupted; resume with: {resume_command(job_dir, group)}")
+    if not ranks.writes_manifest:
+        return m
+    return store.commit(status=JobStatus.DONE, updated=now_iso())
+
+
+def resume_command(job_dir: JobDir, group: RankGroup | None) -> str:
+    """How to resume a job: the same launch for a group of ranks."""
+    if group is None:
+        return f"streamsr resume {job_dir.root}"
+    return f"torchrun --nproc-per-node {group.world} -m streamsr resume {job_dir.root} (the same launch)"
 
 
 def remove_job_dir(where: JobDir | Path) -> None:

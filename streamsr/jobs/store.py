@@ -12,6 +12,7 @@ Layout of a job dir:
                   the run's one writer (shards.py): a temp file renamed, so a crash never tears one.
                   Job dirs of earlier versions have no shards (chunk = file) and still run.
     frontier/     the disk placement's K/V spill (never persisted across sweeps)
+    ranks/        rank-K.json: the cursor of each rank of a job run by several (jobs/ranks.py)
 An x16 job dir holds chain.json and two x4 job dirs, stage1/ and stage2/.
 """
 
@@ -45,17 +46,19 @@ STORE = "state.zarr"
 LOCK = "lock"
 CHAIN = "chain.json"
 FRONTIER = "frontier"
+RANKS = "ranks"
 STAGES = ("stage1", "stage2")
 STATE_ARRAYS = ("state0", "state1", "pred", "deriv")
 
 
 
 
-def shard_grid(*, block_bytes: int, batch: BatchShape, grid_cols: int) -> tuple[int, int]:
+def shard_grid(*, block_bytes: int, batch: BatchShape, grid_cols: int, ranks: int = 1) -> tuple[int, int]:
     """Blocks per shard (rows, cols): the batch's rows, and a whole number of batch widths of about
-    SHARD_BYTES in all (at least one batch, at most the grid's width rounded up to a batch)."""
+    SHARD_BYTES in all (at least one batch, at most the grid's width rounded up to a batch). On several
+    ranks a shard is one batch: a shard reaches the disk whole, and the next rank's sweep waits for it."""
     per_batch = block_bytes * batch.rows * batch.cols
-    widths = max(1, SHARD_BYTES // max(per_batch, 1))
+    widths = 1 if ranks > 1 else max(1, SHARD_BYTES // max(per_batch, 1))
     widths = min(widths, math.ceil(grid_cols / batch.cols))
     return batch.rows, widths * batch.cols
 
@@ -116,6 +119,14 @@ class JobDir:
     def chain(self) -> Path:
         return self.root / CHAIN
 
+    @property
+    def ranks(self) -> Path:
+        """The cursor files of a job run by several ranks (jobs/ranks.py), one per rank."""
+        return self.root / RANKS
+
+    def rank_file(self, rank: int) -> Path:
+        return self.ranks / f"rank-{rank}.json"
+
     def stage(self, number: int) -> "JobDir":
         """Stage 1 or 2 of an x16 chain."""
         return JobDir(self.root / STAGES[number - 1])
@@ -141,7 +152,7 @@ class JobDir:
 
     def foreign(self) -> list[str]:
         """Names in the dir that creating an x4 job does not make (a dir holding any is not a job's)."""
-        ours = {self.store.name, self.lock.name}
+        ours = {self.store.name, self.lock.name, self.ranks.name}
         tmp = self.manifest_tmp.name  # job.json.tmp-PID-RANDOM (write_json_atomic)
         return sorted(p.name for p in self.root.iterdir() if p.name not in ours and not p.name.startswith(tmp))
 
@@ -155,14 +166,21 @@ def state_array(step: int) -> str:
     return STATE_ARRAYS[step % 2]
 
 
-def group_array(group: int) -> str:
-    """The ping-pong state array holding x after `group` steps sweeps (fused layout; x_T is group 0)."""
-    return STATE_ARRAYS[group % 2]
+def group_array(group: int, *, ring: int = 2) -> str:
+    """The state array holding x after `group` steps sweeps (fused layout; x_T is group 0): ping-pong
+    state0/state1 in one process, a ring of state0 .. state{ring - 1} for a job on several ranks
+    (stream/ranks.py says why ranks + 1 slots are enough)."""
+    return f"state{group % ring}"
+
+
+def ring_arrays(manifest: Manifest) -> tuple[str, ...]:
+    """The state arrays a job's steps sweeps use beyond STATE_ARRAYS (state2 .. for several ranks)."""
+    return tuple(f"state{slot}" for slot in range(2, manifest.ring))
 
 
 def final_array(manifest: Manifest) -> str:
     """The state array holding the sampler's result x_0."""
-    return group_array(manifest.groups) if manifest.fuse_steps else state_array(manifest.job.steps)
+    return group_array(manifest.groups, ring=manifest.ring) if manifest.fuse_steps else state_array(manifest.job.steps)
 
 
 def write_json_atomic(path: Path, data: dict, *, fault_tasks: range = range(0)) -> None:
@@ -237,7 +255,8 @@ class JobStore:
         hh, hw = geo.hr_padded
         lb, bs = geo.lr_block, geo.block_size
         vector_dim = manifest.model.config.vector_dim
-        rows, cols = shard_grid(block_bytes=3 * bs * bs * 4, batch=manifest.batch_shape, grid_cols=geo.grid.cols)
+        rows, cols = shard_grid(block_bytes=3 * bs * bs * 4, batch=manifest.batch_shape, grid_cols=geo.grid.cols,
+                                ranks=manifest.ranks)
         lr_shard = (lb * LR_SHARD_BLOCKS[0], lb * LR_SHARD_BLOCKS[1])  # ingest writes whole rows of them
         crc = [Crc32cCodec()]  # checksummed chunks, NaN fill: integrity.py (never a silently wrong pixel)
         nan = {"dtype": "float32", "compressors": crc, "fill_value": float("nan")}
@@ -246,7 +265,7 @@ class JobStore:
             group.create_array("alpha", shape=(1, 1, lh, lw), chunks=(1, 1, lb, lb), shards=(1, 1, *lr_shard), **nan)
         if vector_dim:
             group.create_array("vector", shape=(1, vector_dim), chunks=(1, vector_dim), **nan)
-        for name in STATE_ARRAYS:
+        for name in (*STATE_ARRAYS, *ring_arrays(manifest)):
             group.create_array(name, shape=(1, 3, hh, hw), chunks=(1, 3, bs, bs), shards=(1, 3, rows * bs, cols * bs),
                                **nan)
         group.create_array("output", shape=(hh, hw, info.channels), chunks=(bs, bs, info.channels),

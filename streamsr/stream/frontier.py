@@ -266,6 +266,30 @@ class Frontier:
             if staged is not None:
                 self._count_staged(-staged.nbytes)
 
+    # ---- snapshots (bounded resume, jobs/snapshots.py) ----------------------------------------------
+    def export(self) -> dict[str, torch.Tensor]:
+        """Every entry's K and V in host memory, named "R_C_LAYER" -> (2, B, T, H, D): what `restore` turns
+        back into the same frontier (a resume then replays only the batches after it)."""
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # every device -> host copy into a slot is done
+        out = {}
+        for key, entry in self._entries.items():
+            (r, c), layer = key
+            if self.placement == "device":
+                out[f"{r}_{c}_{layer}"] = torch.stack([entry.k, entry.v]).cpu()  # (2, B, T, H, D)
+            else:
+                out[f"{r}_{c}_{layer}"] = self._source(key).clone()  # (2, B, T, H, D)
+        return out
+
+    def restore(self, entries: dict[str, torch.Tensor]) -> None:
+        """Put the entries of an `export` (of the same sweep, at the same batch) into this empty frontier."""
+        if self._entries:
+            raise ValueError("restore needs an empty frontier")
+        for name, kv in entries.items():  # kv: (2, B, T, H, D)
+            r, c, layer = (int(part) for part in name.split("_"))
+            k, v = (kv[0], kv[1]) if self.device is None else (kv[0].to(self.device), kv[1].to(self.device))
+            self.put((r, c), layer, k, v)
+
     def _count_staged(self, nbytes: int) -> None:
         self.staged_bytes += nbytes
         self.peak_staged_bytes = max(self.peak_staged_bytes, self.staged_bytes)

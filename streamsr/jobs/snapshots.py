@@ -1,0 +1,141 @@
+"""Frontier snapshots: a resume inside a denoiser sweep replays a bounded number of batches (issue 14).
+
+A sweep's K/V frontier lives in memory only, so a resume at cursor c inside a sweep must rebuild it by
+replaying the sweep's batches before c (run.py). For a long sweep that is up to a whole sweep of work,
+again after every crash: a job killed more often than that never advances. A snapshot is the frontier
+after the sweep's first s tasks (every frontier of a steps sweep), saved with safetensors; a resume loads
+the newest snapshot of its sweep at or before its cursor and replays only batches s .. c - 1. The K/V are
+a pure function of the committed inputs, so a snapshot is valid for any later cursor of its sweep whether
+or not its own tasks were committed when it was written; one written ahead of the cursor is ignored.
+
+When: `SnapshotPolicy` takes one after `every_seconds` of the sweep's compute since the last one, and
+never sooner than 10x the time the last snapshot took, so snapshots cost at most ~10% of the run however
+large the frontier is (STREAMSR_SNAPSHOT_SECONDS; 0: after every task, the tests' setting; "off": never).
+The replay a crash costs is then bounded by that interval, not by the sweep's length.
+Files: SPILL/snapshots/snap-SWEEP-CURSOR.safetensors, written to a temp name and renamed; an older one of
+the sweep is deleted once a commit has reached a newer one (`prune`), and all of a sweep's at its end.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import BadInput
+from ..stream.planner import Sweep
+
+SNAPSHOT_COST_FACTOR = 10  # compute seconds between snapshots, at least this many times one snapshot's cost
+
+
+@dataclass
+class SnapshotPolicy:
+    """Whether to snapshot now: after `every_seconds` (None: never) of compute since the last snapshot of
+    the sweep, and at least SNAPSHOT_COST_FACTOR times the last snapshot's own cost."""
+
+    every_seconds: float | None = 60.0
+    _since: float = field(default_factory=time.monotonic)
+    _cost: float = 0.0
+
+    @classmethod
+    def from_env(cls) -> "SnapshotPolicy":
+        text = os.environ.get("STREAMSR_SNAPSHOT_SECONDS")
+        if text is None:
+            return cls()
+        if text.strip().lower() == "off":
+            return cls(None)
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:
+            raise BadInput(f"STREAMSR_SNAPSHOT_SECONDS={text!r} is not a number of seconds >= 0 (or off)")
+        return cls(value)
+
+    def restart(self) -> None:
+        """A new sweep (or a resume) starts the interval."""
+        self._since = time.monotonic()
+
+    def due(self) -> bool:
+        if self.every_seconds is None:
+            return False
+        if self.every_seconds == 0:  # after every task, whatever it costs (the tests)
+            return True
+        return time.monotonic() - self._since >= max(self.every_seconds, SNAPSHOT_COST_FACTOR * self._cost)
+
+    def taken(self, cost: float) -> None:
+        self._cost = cost
+        self._since = time.monotonic()
+
+
+def sweep_name(sweep: Sweep) -> str:
+    return f"{sweep.kind}-{sweep.step}"
+
+
+@dataclass(frozen=True)
+class SnapshotDir:
+    """The snapshots of one process's sweeps (one dir per rank: its spill dir's snapshots/)."""
+
+    root: Path
+
+    def _path(self, sweep: Sweep, cursor: int) -> Path:
+        return self.root / f"snap-{sweep_name(sweep)}-{cursor}.safetensors"
+
+    def _of(self, sweep: Sweep) -> list[tuple[int, Path]]:
+        if not self.root.is_dir():
+            return []
+        prefix = f"snap-{sweep_name(sweep)}-"
+        found = []
+        for path in self.root.glob(prefix + "*.safetensors"):
+            text = path.name[len(prefix):-len(".safetensors")]
+            if text.isdigit():
+                found.append((int(text), path))
+        return sorted(found)
+
+    def save(self, sweep: Sweep, cursor: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Write the snapshot of `sweep` valid from task `cursor` on, then delete the sweep's older ones."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self._path(sweep, cursor)
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp),
+                  metadata={"sweep": sweep_name(sweep), "cursor": str(cursor)})
+        os.replace(tmp, path)
+
+    def prune(self, cursor: int) -> None:
+        """After a commit at `cursor`: keep, per sweep, the newest snapshot a resume from there can use and
+        any newer ones (taken ahead of the commit); delete the older ones."""
+        if not self.root.is_dir():
+            return
+        sweeps: dict[str, list[tuple[int, Path]]] = {}
+        for path in self.root.glob("snap-*.safetensors"):
+            name, _, at = path.name[:-len(".safetensors")].rpartition("-")
+            if at.isdigit():
+                sweeps.setdefault(name, []).append((int(at), path))
+        for found in sweeps.values():
+            usable = [at for at, _ in found if at <= cursor]
+            for at, path in found:
+                if usable and at < max(usable):
+                    path.unlink(missing_ok=True)
+
+    def latest(self, sweep: Sweep, *, first: int, cursor: int) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """The newest readable snapshot of `sweep` taken at a task in first+1 .. cursor, with its task."""
+        for at, path in reversed(self._of(sweep)):
+            if first < at <= cursor:
+                try:
+                    return at, load_file(str(path))
+                except (SafetensorError, OSError, ValueError):  # torn or damaged: an older one, or a full replay
+                    continue
+        return None
+
+    def clear(self, sweep: Sweep | None = None) -> None:
+        """Delete the snapshots of `sweep` (None: all, and temp files of killed writes)."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.iterdir():
+            if sweep is None or path.name.startswith(f"snap-{sweep_name(sweep)}-"):
+                path.unlink(missing_ok=True)

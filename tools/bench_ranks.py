@@ -1,0 +1,135 @@
+"""Benchmark several ranks (issue 12) on this machine, and the store traffic of fused sweeps.
+
+speed: the same upscale (the shipped model, a synthetic LR image, Euler, >= 4 sweeps) run by 1 rank of
+  1 thread (`OMP_NUM_THREADS=1 streamsr upscale`) and by N ranks of 1 thread each (`torchrun
+  --nproc-per-node N`); prints each command's wall time (start-up included: importing torch, the job's
+  creation and export) and the speed-up, and checks that the outputs are the same bytes.
+traffic: one process, in-process runs of the same job with the planner's fused depth F and with F = 1
+  (one steps sweep per sampler step); counts the blocks the task loop reads from and writes to the state
+  arrays (ShardReader.region, ShardWriter) per block evaluation.
+
+Measured (2026-12-01, this 2-core CPU, no GPU; the training run paused with SIGSTOP; helpers' test runs
+may have shared the cores, see the notes of the run):
+    see the closing note of issue 12 for the figures of this session's run (`--lr 384 --steps 4`).
+
+Run (repository root; pause anything else that uses the cores):
+    .venv/bin/python -m tools.bench_ranks speed --lr 384 --steps 4 --ranks 2
+    .venv/bin/python -m tools.bench_ranks traffic --lr 192 --steps 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def synthetic_image(path: Path, size: int, seed: int = 0) -> None:
+    """A smooth image with some texture (what the model sees of a photo, roughly)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([np.sin(6 * x + 2 * y), np.cos(5 * y - 3 * x), np.sin(4 * (x + y))], axis=-1)  # (H, W, 3)
+    img = (base * 0.35 + 0.5 + rng.normal(0, 0.05, base.shape)).clip(0, 1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.monotonic()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return time.monotonic() - start
+
+
+def speed(args) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory(prefix="bench-ranks-") as tmp:
+        root = Path(tmp)
+        synthetic_image(root / "in.png", args.lr)
+        job = ["--steps", str(args.steps), "--sampler", args.sampler, "--seed", "1", "-q"]
+        one = [sys.executable, "-m", "streamsr", "upscale", str(root / "in.png"), "-o", str(root / "one.png"),
+               "--job", str(root / "job-one"), *job]
+        many = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.ranks),
+                "-m", "streamsr", "upscale", str(root / "in.png"), "-o", str(root / "many.png"),
+                "--job", str(root / "job-many"), *job]
+        t1 = timed(one, env)
+        tn = timed(many, env)
+        same = (root / "one.png").read_bytes() == (root / "many.png").read_bytes()
+        m1 = json.loads((root / "job-one" / "job.json").read_text())
+        mn = json.loads((root / "job-many" / "job.json").read_text())
+        print(f"LR {args.lr}^2, {args.sampler} {args.steps} steps, shipped model, {m1['model_blocks_done']} block evaluations")
+        print(f"1 rank  x 1 thread: {t1:7.1f} s wall   (fused {m1['fuse_steps']} step(s) per sweep, "
+              f"{len(m1['sigmas']) - 1} steps)")
+        print(f"{args.ranks} ranks x 1 thread: {tn:7.1f} s wall   ({mn['fuse_steps']} step(s) per sweep, "
+              f"rank 0's model seconds {mn['seconds'].get('model', 0):.1f})")
+        print(f"speed-up {t1 / tn:.2f}x; outputs {'identical' if same else 'DIFFER'}")
+
+
+def traffic(args) -> None:
+    import torch
+
+    from streamsr.cli import main
+    from streamsr.jobs import create, shards
+    from streamsr.jobs.store import read_manifest
+
+    torch.set_num_threads(1)
+    counts = {"read": 0, "write": 0}
+    region, take = shards.ShardReader.region, shards.ShardWriter._take
+
+    def counted_region(self, name, y0, y1, x0, x1):
+        if name.startswith("state") or name in ("pred", "deriv"):
+            counts["read"] += (y1 - y0) * (x1 - x0)
+        return region(self, name, y0, y1, x0, x1)
+
+    def counted_take(self, task, item):
+        if item.name.startswith("state") or item.name in ("pred", "deriv"):
+            y0, y1, x0, x1 = item.box
+            counts["write"] += (y1 - y0) * (x1 - x0)
+        return take(self, task, item)
+
+    shards.ShardReader.region, shards.ShardWriter._take = counted_region, counted_take
+    with tempfile.TemporaryDirectory(prefix="bench-traffic-") as tmp:
+        root = Path(tmp)
+        synthetic_image(root / "in.png", args.lr)
+        for label, fuse in (("planner's F", None), ("F = 1", 1)):
+            counts.update(read=0, write=0)
+            original = create.rank_fuse
+            if fuse is not None:
+                create.rank_fuse = lambda f, *, steps, world: 1
+            try:
+                job = root / f"job-{fuse}"
+                assert main(["upscale", str(root / "in.png"), "-o", str(root / f"out-{fuse}.png"), "--job", str(job),
+                             "--steps", str(args.steps), "--sampler", args.sampler, "-q"]) == 0
+            finally:
+                create.rank_fuse = original
+            m = read_manifest(job)
+            pixels = m.geometry.hr_padded[0] * m.geometry.hr_padded[1]
+            evals = m.model_blocks_done / (m.geometry.grid.rows * m.geometry.grid.cols)
+            print(f"{label:12s} fuse {m.fuse_steps}: per block, {counts['read'] / pixels:.2f} state reads and "
+                  f"{counts['write'] / pixels:.2f} state writes for {evals:.0f} evaluations "
+                  f"({counts['read'] / pixels / evals:.3f} / {counts['write'] / pixels / evals:.3f} per evaluation)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    for name in ("speed", "traffic"):
+        q = sub.add_parser(name)
+        q.add_argument("--lr", type=int, default=384, help="LR side in px")
+        q.add_argument("--steps", type=int, default=4)
+        q.add_argument("--sampler", default="euler")
+        q.add_argument("--ranks", type=int, default=2)
+    args = p.parse_args()
+    speed(args) if args.what == "speed" else traffic(args)
+
+
+if __name__ == "__main__":
+    main()
