@@ -93,6 +93,10 @@ def test_rank_fuse_gives_every_rank_a_sweep():
     assert rank_fuse(3, steps=20, world=2) == 3  # the budget's limit wins
     assert rank_fuse(8, steps=3, world=4) == 1  # more ranks than steps: one step per sweep
     assert rank_fuse(8, steps=20, world=1) == 8
+    assert rank_fuse(8, steps=20, world=4, batches=19_000) == 5  # a gigapixel sweep: the fill is nothing
+    assert rank_fuse(8, steps=8, world=2, batches=32) == 1  # 32 batches: F = 4 would idle ~6% of the job
+    assert rank_fuse(8, steps=8, world=2, batches=400) == 4
+    assert rank_fuse(8, steps=20, world=1, batches=4) == 8  # one process has no pipeline to fill
 
 
 def test_only_fused_jobs_run_on_several_ranks():

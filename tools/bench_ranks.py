@@ -54,7 +54,8 @@ def speed(args) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-ranks-") as tmp:
         root = Path(tmp)
         synthetic_image(root / "in.png", args.lr)
-        job = ["--steps", str(args.steps), "--sampler", args.sampler, "--seed", "1", "-q"]
+        job = ["--steps", str(args.steps), "--sampler", args.sampler, "--seed", "1", "-q",
+               *(["--batch", args.batch] if args.batch else [])]
         one = [sys.executable, "-m", "streamsr", "upscale", str(root / "in.png"), "-o", str(root / "one.png"),
                "--job", str(root / "job-one"), *job]
         many = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.ranks),
@@ -71,6 +72,11 @@ def speed(args) -> None:
         print(f"{args.ranks} ranks x 1 thread: {tn:7.1f} s wall   ({mn['fuse_steps']} step(s) per sweep, "
               f"rank 0's model seconds {mn['seconds'].get('model', 0):.1f})")
         print(f"speed-up {t1 / tn:.2f}x; outputs {'identical' if same else 'DIFFER'}")
+        for label, m in (("1 rank", m1), ("rank 0 of N", mn)):
+            secs = m["seconds"]
+            print(f"  {label}: job seconds {secs.get('total', 0):.1f} (model {secs.get('model', 0):.1f}, finalize "
+                  f"{secs.get('finalize', 0):.1f}, wait {secs.get('wait', 0):.1f}); batch {m['job']['batch_rows']}x"
+                  f"{m['job']['batch_cols']}")
 
 
 def traffic(args) -> None:
@@ -127,6 +133,7 @@ def main() -> None:
         q.add_argument("--steps", type=int, default=4)
         q.add_argument("--sampler", default="euler")
         q.add_argument("--ranks", type=int, default=2)
+        q.add_argument("--batch", help="RxC block batch for every run (default: the planner's)")
     args = p.parse_args()
     speed(args) if args.what == "speed" else traffic(args)
 

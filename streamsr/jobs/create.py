@@ -18,6 +18,7 @@ from ..config import JobConfig, ModelConfig
 from ..core.sampler import karras_sigmas
 from ..errors import BadInput
 from ..stream.memory import LR_SHARD_BLOCKS
+from ..stream.planner import BatchShape, raster_batches
 from ..stream.ranks import rank_fuse
 from ..weights import model_hash, read_model_config
 from .manifest import Geometry, InputInfo, JobStatus, Manifest, MemoryPlan, ModelRef, OutputRef
@@ -132,7 +133,8 @@ def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_b
         raise BadInput(str(exc)) from None
     fuse, pred = memory.fused_plan(pred, steps=cfg.steps, sampler=cfg.sampler, vram=cfg.vram or None,
                                    ram=cfg.ram or None, device_type=torch.device(cfg.device).type)
-    plan = MemoryPlan.from_prediction(pred, fuse=rank_fuse(fuse, steps=cfg.steps, world=ranks))
+    batches = len(raster_batches(geometry.grid, BatchShape(*pred.batch)))
+    plan = MemoryPlan.from_prediction(pred, fuse=rank_fuse(fuse, steps=cfg.steps, world=ranks, batches=batches))
     return replace(cfg, batch_rows=plan.batch[0], batch_cols=plan.batch[1], placement=plan.placement), plan
 
 

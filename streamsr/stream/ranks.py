@@ -77,7 +77,17 @@ class RankPlan:
         return done
 
 
-def rank_fuse(fuse: int, *, steps: int, world: int) -> int:
-    """Steps per steps sweep on `world` ranks: at most the budget's `fuse`, and few enough that every rank
-    gets a sweep (ceil(steps / world)) when there are that many steps."""
-    return max(1, min(fuse, -(-steps // world)))
+LAG_SHARE = 0.02  # the most of a job that the pipeline's fill and drain may cost on several ranks
+
+
+def rank_fuse(fuse: int, *, steps: int, world: int, batches: int | None = None) -> int:
+    """Steps per steps sweep on `world` ranks: at most the budget's `fuse`; few enough that every rank gets
+    a sweep (ceil(steps / world)) when there are that many steps; and, given the `batches` of a sweep, few
+    enough that the pipeline's fill and drain (about two batches of a sweep's steps, while the other
+    ranks wait) cost at most LAG_SHARE of a rank's steps / world sweeps. A small F costs store traffic
+    (one read and write of the state per sweep), a large one idle ranks: a gigapixel job has thousands of
+    batches per sweep and keeps the budget's F, a small one runs a sweep per step."""
+    cap = -(-steps // world)
+    if batches is not None and world > 1:
+        cap = min(cap, max(1, int(LAG_SHARE * steps * batches / (2 * world))))
+    return max(1, min(fuse, cap))
