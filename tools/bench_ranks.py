@@ -8,9 +8,24 @@ traffic: one process, in-process runs of the same job with the planner's fused d
   (one steps sweep per sampler step); counts the blocks the task loop reads from and writes to the state
   arrays (ShardReader.region, ShardWriter) per block evaluation.
 
-Measured (2026-12-01, this 2-core CPU, no GPU; the training run paused with SIGSTOP; helpers' test runs
-may have shared the cores, see the notes of the run):
-    see the closing note of issue 12 for the figures of this session's run (`--lr 384 --steps 4`).
+Measured (2026-12-01, this 2-core AMD EPYC VM, no GPU; the training run paused with SIGSTOP, nothing
+else running; the shipped model, 64 px blocks):
+
+    speed --lr 384 --steps 4 (planner's batch)           1 rank 73.6 s, 2 ranks 49.2 s: 1.50x
+    speed --lr 512 --steps 4 (batch 2x32)                1 rank 109.3 s, 2 ranks 74.4 s: 1.47x
+    speed --lr 512 --steps 8 --batch 1x32 (F = 4/rank)   1 rank 214.4 s, 2 ranks 131.7 s: 1.63x
+    speed --lr 512 --steps 8 --batch 1x32 (F = 1/rank)   1 rank 221.6 s, 2 ranks 135.3 s: 1.64x
+    (outputs identical in every run)
+
+Where the rest goes (the last run): a rank's model evaluation costs 28.2 ms against 25.9 ms when one
+process has the machine (two compute threads share the two cores with each other's I/O threads: ~9%);
+torchrun starts its agent (importing torch) before the ranks, 11.0 s of wall outside the job against
+6.4 s for one process; rank 0 waits 4.0 s in all for rank 1 (pipeline fill, drain and jitter). The
+issue's 1.7x is not reached on this machine (best 1.64x); the job's own seconds give 215.2 / 124.3 = 1.73x.
+
+    traffic --lr 192 --steps 4 (euler)   fuse 4: 0 state reads and 1 write per block (x_T is computed);
+                                         fuse 1: 3 reads and 4 writes per block: writes / 4, reads / inf
+    traffic --lr 192 --steps 4 (heun)    same counts for 7 evaluations per block
 
 Run (repository root; pause anything else that uses the cores):
     .venv/bin/python -m tools.bench_ranks speed --lr 384 --steps 4 --ranks 2
@@ -109,7 +124,7 @@ def traffic(args) -> None:
             counts.update(read=0, write=0)
             original = create.rank_fuse
             if fuse is not None:
-                create.rank_fuse = lambda f, *, steps, world: 1
+                create.rank_fuse = lambda f, **_: 1
             try:
                 job = root / f"job-{fuse}"
                 assert main(["upscale", str(root / "in.png"), "-o", str(root / f"out-{fuse}.png"), "--job", str(job),
