@@ -95,7 +95,6 @@ def check_backend_runs(args: argparse.Namespace) -> None:
 def cmd_upscale(args: argparse.Namespace) -> int:
     from .jobs.batch import is_batch_request
     from .jobs.flows import check_device, upscale
-    from .jobs.leftovers import prepare_output
     from .jobs.ranks import launched_group
 
     group = launched_group()  # torchrun: this process is one rank of several (jobs/ranks.py)
@@ -106,7 +105,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     args.device = resolve_device(args.device)
     check_device(args.device)
     check_backend_runs(args)
-    upscale(args.input[0], prepare_output(args.output, quiet=args.quiet), model_dir=args.model, job_dir=args.job,
+    upscale(args.input[0], args.output, model_dir=args.model, job_dir=args.job,
             cfg=job_config(args), scale=args.scale, keep_job=args.keep_job, progress=not args.quiet,
             auto_batch=args.batch is None, auto_placement=args.frontier is None, group=group)
     return EXIT_OK

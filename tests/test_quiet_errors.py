@@ -80,6 +80,7 @@ def test_full_file_under_zarrs_is_one_line_and_keeps_the_job(done, tmp_path):
     assert code == 1 and len(err) == 1, err
     assert "File too large" in err[0] and "state.zarr" in err[0]
     (job,) = out.glob(".streamsr-job-*")
+    assert err[0].endswith(f"resume it with: streamsr resume {job}")  # the command, even with -q
     assert read_manifest(job).cursor == 0
     assert stderr_of("resume", job, "-q") == (0, [])
     assert sorted(p.name for p in out.iterdir()) == ["o.png"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import SEED_MAX, JobConfig, ModelConfig
-from ..errors import BadInput
+from ..errors import BadInput, StreamsrError
 from ..stream.memory import format_bytes
 from .create import LRInput, check_same_job, create_job, file_source, resolve_model_dir
 from .integrity import checked_output
@@ -41,6 +41,12 @@ def quiet_log(message: str) -> None:
 def logger(progress: bool):
     """What the flows print with: `log`, or nothing when progress output is off (-q) or goes to a callback."""
     return log if progress is True or isinstance(progress, BatchPosition) else quiet_log
+
+
+class JobKept(StreamsrError):
+    """The run failed on the disk (full, unwritable); the job is kept and `streamsr resume` finishes it."""
+
+    exit_code = 1
 
 
 TEMP_JOB_PREFIX = ".streamsr-job-"  # a job dir made by `upscale` without --job, removed once the job is done
@@ -204,13 +210,18 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
     launched (jobs/ranks.py); every rank calls this, rank 0 makes and finishes the job.
     """
     from ..io.export import check_export_path
+    from .leftovers import prepare_output  # imports this module
 
     cfg = cfg or JobConfig()
     if scale not in SCALES:
         raise BadInput(f"scale {scale} is not supported: use 4 (native) or 16 (two chained x4 jobs)")
     if group is not None and scale != 4:
         raise BadInput("--scale 16 runs in one process: launch it without torchrun")
-    input_path, output = Path(input_path), Path(output).resolve()
+    input_path = Path(input_path)
+    if group is None or group.rank == 0:  # resolved; leftovers of killed upscales of it cleaned or named
+        output = prepare_output(output, quiet=progress is not True)
+    else:
+        output = Path(output).resolve()
     if not input_path.exists():
         raise BadInput(f"input {input_path} does not exist")
     if input_path.resolve() == output:
@@ -241,6 +252,10 @@ def upscale(input_path, output, *, model_dir=None, job_dir=None, cfg: JobConfig 
         kept = jd.is_job() or jd.is_chain()
         if kept and held_elsewhere(jd):
             raise
+        if kept and isinstance(exc, OSError):  # a full disk: the resume command is part of the one line, even -q
+            where = f": {exc.filename}" if exc.filename else ""
+            raise JobKept(f"{exc.strerror or exc}{where}; the job is kept: once that is fixed, resume it with: "
+                          f"{resume_command(jd, group)}") from None
         if kept and not isinstance(exc, Interrupted):
             log(f"the job is kept in {jd.root}; resume it with: {resume_command(jd, group)}")
         elif not kept and temporary:
