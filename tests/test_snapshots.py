@@ -56,6 +56,21 @@ def test_the_policy_waits_for_its_interval_and_ten_times_the_last_cost(monkeypat
     assert not SnapshotPolicy(None).due()
 
 
+def test_after_a_replay_snapshots_come_as_often_as_the_replay_cost(monkeypatch):
+    """A resume that replayed 3 s snapshots after 3 s of new work (not 60): the next kill costs no more."""
+    clock = [0.0]
+    monkeypatch.setattr("streamsr.jobs.snapshots.time.monotonic", lambda: clock[0])
+    policy = SnapshotPolicy(every_seconds=60.0)
+    policy.restart(replayed=3.0)
+    clock[0] += 2.9
+    assert not policy.due()
+    clock[0] += 0.2
+    assert policy.due()
+    policy.restart()  # the next sweep: the configured interval again
+    clock[0] += 10.0
+    assert not policy.due()
+
+
 @pytest.mark.parametrize("text, every", [("0", 0.0), ("90", 90.0), ("off", None)])
 def test_the_policy_reads_its_env(monkeypatch, text, every):
     monkeypatch.setenv("STREAMSR_SNAPSHOT_SECONDS", text)
@@ -113,9 +128,12 @@ def test_repeated_kills_inside_a_sweep_replay_one_batch_each_and_end_identical(t
         assert "from a snapshot" in res.stderr and replayed(res.stderr) <= 1, res.stderr
         cursors.append(read_manifest(job).cursor)
     assert cursors == sorted(set(cursors)), cursors  # every resume made progress
-    # a damaged snapshot: the resume falls back to replaying the whole sweep so far, same bytes
-    for snap in (job / "frontier" / "snapshots").iterdir():
-        snap.write_bytes(snap.read_bytes()[:100])
+    # a damaged snapshot (K/V are derived data, used only when their hash matches): the resume falls back
+    # to replaying the whole sweep so far, same bytes
+    for snap in (job / "frontier" / "snapshots").iterdir():  # one bit of K/V flipped: the hash refuses it
+        data = bytearray(snap.read_bytes())
+        data[-5] ^= 0x01
+        snap.write_bytes(bytes(data))
     done = run_sub("resume", job, **env)
     assert done.returncode == 0, done.stderr
     assert "from a snapshot" not in done.stderr and replayed(done.stderr) == tasks[cursors[-1]].batch.index

@@ -18,13 +18,14 @@ the sweep is deleted once a commit has reached a newer one (`prune`), and all of
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import BadInput
@@ -41,6 +42,7 @@ class SnapshotPolicy:
     every_seconds: float | None = 60.0
     _since: float = field(default_factory=time.monotonic)
     _cost: float = 0.0
+    _interval: float | None = None  # this sweep's interval (restart): every_seconds, or less after a replay
 
     @classmethod
     def from_env(cls) -> "SnapshotPolicy":
@@ -57,20 +59,35 @@ class SnapshotPolicy:
             raise BadInput(f"STREAMSR_SNAPSHOT_SECONDS={text!r} is not a number of seconds >= 0 (or off)")
         return cls(value)
 
-    def restart(self) -> None:
-        """A new sweep (or a resume) starts the interval."""
+    def restart(self, *, replayed: float = 0.0) -> None:
+        """A new sweep, or a resume that replayed `replayed` seconds of the sweep, starts the interval. After
+        a replay the interval is at most that replay (and at least 10x a snapshot's cost): a job that is
+        killed again soon then loses no more than it just did, so every resume advances, however often
+        it is killed."""
         self._since = time.monotonic()
+        self._interval = self.every_seconds if not replayed or self.every_seconds is None else min(self.every_seconds, replayed)
 
     def due(self) -> bool:
         if self.every_seconds is None:
             return False
         if self.every_seconds == 0:  # after every task, whatever it costs (the tests)
             return True
-        return time.monotonic() - self._since >= max(self.every_seconds, SNAPSHOT_COST_FACTOR * self._cost)
+        interval = self.every_seconds if self._interval is None else self._interval
+        return time.monotonic() - self._since >= max(interval, SNAPSHOT_COST_FACTOR * self._cost)
 
     def taken(self, cost: float) -> None:
         self._cost = cost
         self._since = time.monotonic()
+
+
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+    return digest.hexdigest()
 
 
 def sweep_name(sweep: Sweep) -> str:
@@ -103,7 +120,7 @@ class SnapshotDir:
         path = self._path(sweep, cursor)
         tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
         save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp),
-                  metadata={"sweep": sweep_name(sweep), "cursor": str(cursor)})
+                  metadata={"sweep": sweep_name(sweep), "cursor": str(cursor), "sha256": content_hash(tensors)})
         os.replace(tmp, path)
 
     def prune(self, cursor: int) -> None:
@@ -127,9 +144,13 @@ class SnapshotDir:
         for at, path in reversed(self._of(sweep)):
             if first < at <= cursor:
                 try:
-                    return at, load_file(str(path))
+                    with safe_open(str(path), "pt") as fh:
+                        expected = (fh.metadata() or {}).get("sha256")
+                    tensors = load_file(str(path))
                 except (SafetensorError, OSError, ValueError):  # torn or damaged: an older one, or a full replay
                     continue
+                if expected == content_hash(tensors):  # K/V are derived data: used only when intact
+                    return at, tensors
         return None
 
     def clear(self, sweep: Sweep | None = None) -> None:
