@@ -56,13 +56,16 @@ def test_the_policy_waits_for_its_interval_and_ten_times_the_last_cost(monkeypat
     assert not SnapshotPolicy(None).due()
 
 
-def test_after_a_replay_snapshots_come_as_often_as_the_replay_cost(monkeypatch):
-    """A resume that replayed 3 s snapshots after 3 s of new work (not 60): the next kill costs no more."""
+def test_after_a_replay_snapshots_come_as_often_as_their_cost_allows(monkeypatch):
+    """A resume that had to replay snapshots at the next commit point, then every 10x a snapshot's cost
+    (not every 60 s): a job killed again soon loses no more than a row of batches."""
     clock = [0.0]
     monkeypatch.setattr("streamsr.jobs.snapshots.time.monotonic", lambda: clock[0])
     policy = SnapshotPolicy(every_seconds=60.0)
     policy.restart(replayed=3.0)
-    clock[0] += 2.9
+    assert policy.due()
+    policy.taken(0.2)
+    clock[0] += 1.9
     assert not policy.due()
     clock[0] += 0.2
     assert policy.due()
@@ -71,10 +74,26 @@ def test_after_a_replay_snapshots_come_as_often_as_the_replay_cost(monkeypatch):
     assert not policy.due()
 
 
-@pytest.mark.parametrize("text, every", [("0", 0.0), ("90", 90.0), ("off", None)])
-def test_the_policy_reads_its_env(monkeypatch, text, every):
+@pytest.mark.parametrize("text, every, always", [("0", 0.0, False), ("90", 90.0, False), ("off", None, False),
+                                                 ("always", 0.0, True)])
+def test_the_policy_reads_its_env(monkeypatch, text, every, always):
     monkeypatch.setenv("STREAMSR_SNAPSHOT_SECONDS", text)
-    assert SnapshotPolicy.from_env().every_seconds == every
+    policy = SnapshotPolicy.from_env()
+    assert (policy.every_seconds, policy.always) == (every, always)
+
+
+def test_by_default_only_the_cost_spaces_snapshots(monkeypatch):
+    monkeypatch.delenv("STREAMSR_SNAPSHOT_SECONDS", raising=False)
+    clock = [0.0]
+    monkeypatch.setattr("streamsr.jobs.snapshots.time.monotonic", lambda: clock[0])
+    policy = SnapshotPolicy.from_env()
+    policy.restart()
+    assert policy.due()
+    policy.taken(0.01)
+    clock[0] += 0.05
+    assert not policy.due()
+    clock[0] += 0.06
+    assert policy.due()
 
 
 @pytest.mark.parametrize("text", ["-1", "soon", "nan"])
@@ -116,7 +135,7 @@ def test_repeated_kills_inside_a_sweep_replay_one_batch_each_and_end_identical(t
     assert main(["upscale", str(root / "in.png"), "-o", str(root / "ref.png"), "--job", str(root / "ref"),
                  *map(str, opts)]) == 0
     job, out = root / "job", root / "out.png"
-    env = {"STREAMSR_SNAPSHOT_SECONDS": "0", "STREAMSR_COMMIT_EVERY": "1"}
+    env = {"STREAMSR_SNAPSHOT_SECONDS": "always", "STREAMSR_COMMIT_EVERY": "1"}
     first = run_sub("upscale", root / "in.png", "-o", out, "--job", job, *opts, STREAMSR_TEST_KILL="6:before-commit", **env)
     assert first.returncode != 0
     tasks = read_manifest(job).tasks()

@@ -160,6 +160,7 @@ class TaskPipeline:
             index = self.ranks.next_own(self._cursor)
             while index < len(self.tasks):
                 task = self.tasks[index]
+                snapshot_commit = False
                 following = self.ranks.next_own(index + 1)
                 nxt = self.tasks[following] if following < len(self.tasks) else None
                 sweep_end = nxt is None or nxt.sweep != task.sweep
@@ -179,9 +180,11 @@ class TaskPipeline:
                         self.snapshot_policy.restart()
                     queued.append(io.submit(self.writer.write, index, self.sweeps.compute(task, inputs)))
                     kill_point(index, "queued")
-                    if task.is_model and not sweep_end and self.snapshots and self.snapshot_policy.due():
-                        started = time.monotonic()
+                    row_end = task.batch.col0 + task.batch.cols == self.tasks.batches.grid.cols  # a shard end
+                    if task.is_model and not sweep_end and row_end and self.snapshots and self.snapshot_policy.due():
+                        started = time.monotonic()  # a snapshot where a commit can land, and that commit
                         queued.append(io.submit(self._snapshot, task, following, self.sweeps.snapshot(), started))
+                        snapshot_commit = True
                 elif task.kind is TaskKind.ANCHOR:
                     writes = self.finalizer.anchor(task.batch, moments)
                     queued.append(io.submit(self.writer.write, index, writes))
@@ -202,7 +205,7 @@ class TaskPipeline:
                     queued.append(io.submit(self.writer.flush))
                     queued.append(io.submit(self.reader.forget))
                 now = time.monotonic()
-                if (sweep_end or stop.signal is not None or index + 1 - self._cursor >= self.policy.every_tasks
+                if (sweep_end or snapshot_commit or stop.signal is not None or index + 1 - self._cursor >= self.policy.every_tasks
                         or now - self._last_commit >= self.policy.every_seconds):
                     self._last_commit = now
                     release_free_memory()

@@ -8,9 +8,11 @@ the newest snapshot of its sweep at or before its cursor and replays only batche
 a pure function of the committed inputs, so a snapshot is valid for any later cursor of its sweep whether
 or not its own tasks were committed when it was written; one written ahead of the cursor is ignored.
 
-When: `SnapshotPolicy` takes one after `every_seconds` of the sweep's compute since the last one, and
-never sooner than 10x the time the last snapshot took, so snapshots cost at most ~10% of the run however
-large the frontier is (STREAMSR_SNAPSHOT_SECONDS; 0: after every task, the tests' setting; "off": never).
+When: at the end of a row of block batches (a shard boundary, so a commit can land there: it is committed
+with it), once `SnapshotPolicy` says so: after `every_seconds` of the sweep's compute since the last one
+(after a resume that had to replay: at every row end) and never sooner than 10x the time the last one
+took, so snapshots cost at most ~10% of the run however large the frontier is (STREAMSR_SNAPSHOT_SECONDS:
+a minimum interval, 0 by default; "off": never; "always": every row end whatever it costs, the tests').
 The replay a crash costs is then bounded by that interval, not by the sweep's length.
 Files: SPILL/snapshots/snap-SWEEP-CURSOR.safetensors, written to a temp name and renamed; an older one of
 the sweep is deleted once a commit has reached a newer one (`prune`), and all of a sweep's at its end.
@@ -36,41 +38,47 @@ SNAPSHOT_COST_FACTOR = 10  # compute seconds between snapshots, at least this ma
 
 @dataclass
 class SnapshotPolicy:
-    """Whether to snapshot now: after `every_seconds` (None: never) of compute since the last snapshot of
-    the sweep, and at least SNAPSHOT_COST_FACTOR times the last snapshot's own cost."""
+    """Whether to snapshot at this commit point: `every_seconds` (None: never) of compute since the last
+    snapshot of the sweep have passed, and SNAPSHOT_COST_FACTOR times the last snapshot's own cost
+    (unless `always`). The default, 0 s, is bounded by the cost alone: cheap frontiers are snapshotted at
+    every row of batches, a huge one as often as 10% of the run allows."""
 
-    every_seconds: float | None = 60.0
+    every_seconds: float | None = 0.0
+    always: bool = False  # at every commit point whatever it costs (the tests)
     _since: float = field(default_factory=time.monotonic)
     _cost: float = 0.0
-    _interval: float | None = None  # this sweep's interval (restart): every_seconds, or less after a replay
+    _interval: float | None = None  # this sweep's interval (restart): every_seconds, or 0 after a replay
 
     @classmethod
     def from_env(cls) -> "SnapshotPolicy":
+        """STREAMSR_SNAPSHOT_SECONDS: unset (cost-bounded), a minimum interval in seconds, `off`, or
+        `always` (every row end, whatever the cost)."""
         text = os.environ.get("STREAMSR_SNAPSHOT_SECONDS")
         if text is None:
             return cls()
-        if text.strip().lower() == "off":
-            return cls(None)
+        word = text.strip().lower()
+        if word in ("off", "always"):
+            return cls(None) if word == "off" else cls(0.0, always=True)
         try:
             value = float(text)
         except ValueError:
             value = -1.0
         if not value >= 0:
-            raise BadInput(f"STREAMSR_SNAPSHOT_SECONDS={text!r} is not a number of seconds >= 0 (or off)")
+            raise BadInput(f"STREAMSR_SNAPSHOT_SECONDS={text!r} is not a number of seconds >= 0, off or always")
         return cls(value)
 
     def restart(self, *, replayed: float = 0.0) -> None:
         """A new sweep, or a resume that replayed `replayed` seconds of the sweep, starts the interval. After
-        a replay the interval is at most that replay (and at least 10x a snapshot's cost): a job that is
-        killed again soon then loses no more than it just did, so every resume advances, however often
-        it is killed."""
+        a replay the rest of the sweep snapshots at every commit point that the cost allows, whatever the
+        configured interval: a job killed again and again replays at most about a row of batches each
+        time, so every resume advances."""
         self._since = time.monotonic()
-        self._interval = self.every_seconds if not replayed or self.every_seconds is None else min(self.every_seconds, replayed)
+        self._interval = 0.0 if replayed > 0 and self.every_seconds is not None else self.every_seconds
 
     def due(self) -> bool:
         if self.every_seconds is None:
             return False
-        if self.every_seconds == 0:  # after every task, whatever it costs (the tests)
+        if self.always:
             return True
         interval = self.every_seconds if self._interval is None else self._interval
         return time.monotonic() - self._since >= max(interval, SNAPSHOT_COST_FACTOR * self._cost)
