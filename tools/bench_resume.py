@@ -24,12 +24,14 @@ from pathlib import Path
 
 def cursor_after_kill(cmd: list[str], job: Path, env: dict, kill_after: float) -> tuple[int, bool]:
     """Run `cmd` until `kill_after` seconds after the job is running, SIGKILL it; (cursor, finished)."""
+    launched = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = None
     while proc.poll() is None:
-        if deadline is None:
+        if deadline is None:  # this run's own "running" commit (a killed run leaves "running" behind too)
             try:
-                if json.loads((job / "job.json").read_text()).get("status") == "running":
+                path = job / "job.json"
+                if path.stat().st_mtime > launched and json.loads(path.read_text()).get("status") == "running":
                     deadline = time.monotonic() + kill_after
             except (OSError, ValueError):
                 pass

@@ -168,14 +168,14 @@ def _run_locked(job_dir: JobDir, hold: contextlib.ExitStack, *, model_dir: Path 
                             snapshots=SnapshotDir(spill / "snapshots"))
     if stray:
         log(f"removed {stray} partial file(s) left by an interrupted write")
-    _refill_frontier(tasks, cursor, pipeline, log)
+    if ranks.writes_manifest:  # running from here on, the replay of the current sweep included
+        m = store.commit(status=JobStatus.RUNNING, updated=now_iso())
     bar = ProgressBar(len(tasks), tasks.model_blocks(), enabled=progress is True and ranks.writes_manifest,
                       callback=progress if callable(progress) else None)
-    if ranks.writes_manifest:
-        m = store.commit(status=JobStatus.RUNNING, updated=now_iso())
     clock = RunClock(dict(m.seconds), time.monotonic())
     with StopFlag() as stop:
         try:
+            _refill_frontier(tasks, cursor, pipeline, log)
             m = pipeline.run(m, stop=stop, bar=bar, clock=clock, cursor=cursor)
         except torch.OutOfMemoryError:
             bar.close()
