@@ -56,19 +56,29 @@ def test_the_policy_waits_for_its_interval_and_ten_times_the_last_cost(monkeypat
     assert not SnapshotPolicy(None).due()
 
 
+def fake_clock(monkeypatch) -> list[float]:
+    clock = [0.0]
+    monkeypatch.setattr("streamsr.jobs.snapshots.time.monotonic", lambda: clock[0])
+    return clock
+
+
+def spaced(policy: SnapshotPolicy, clock: list[float], *, cost: float) -> tuple[bool, bool]:
+    """A due policy takes a snapshot of `cost` s: (due just before 10x the cost passed, due just after)."""
+    assert policy.due()
+    policy.taken(cost)
+    clock[0] += 9.5 * cost
+    before = policy.due()
+    clock[0] += cost
+    return before, policy.due()
+
+
 def test_after_a_replay_snapshots_come_as_often_as_their_cost_allows(monkeypatch):
     """A resume that had to replay snapshots at the next commit point, then every 10x a snapshot's cost
     (not every 60 s): a job killed again soon loses no more than a row of batches."""
-    clock = [0.0]
-    monkeypatch.setattr("streamsr.jobs.snapshots.time.monotonic", lambda: clock[0])
+    clock = fake_clock(monkeypatch)
     policy = SnapshotPolicy(every_seconds=60.0)
     policy.restart(replayed=3.0)
-    assert policy.due()
-    policy.taken(0.2)
-    clock[0] += 1.9
-    assert not policy.due()
-    clock[0] += 0.2
-    assert policy.due()
+    assert spaced(policy, clock, cost=0.2) == (False, True)  # due at once, then 10x the cost apart
     policy.restart()  # the next sweep: the configured interval again
     clock[0] += 10.0
     assert not policy.due()
@@ -84,16 +94,10 @@ def test_the_policy_reads_its_env(monkeypatch, text, every, always):
 
 def test_by_default_only_the_cost_spaces_snapshots(monkeypatch):
     monkeypatch.delenv("STREAMSR_SNAPSHOT_SECONDS", raising=False)
-    clock = [0.0]
-    monkeypatch.setattr("streamsr.jobs.snapshots.time.monotonic", lambda: clock[0])
+    clock = fake_clock(monkeypatch)
     policy = SnapshotPolicy.from_env()
     policy.restart()
-    assert policy.due()
-    policy.taken(0.01)
-    clock[0] += 0.05
-    assert not policy.due()
-    clock[0] += 0.06
-    assert policy.due()
+    assert spaced(policy, clock, cost=0.01) == (False, True)
 
 
 @pytest.mark.parametrize("text", ["-1", "soon", "nan"])
