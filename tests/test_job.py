@@ -117,9 +117,10 @@ def test_sigkill_at_every_kind_of_point_then_resume_is_bit_identical(work, tmp_p
     ref = run_sub("upscale", work / "in.png", "-o", tmp_path / "ref.png", "--job", tmp_path / "ref", *args)
     assert ref.returncode == 0, ref.stderr
     # 6 batches a sweep: steps 0-1 (predict0, correct0, predict1 fused) 0-5, stats 6-11, anchor 12-17,
-    # export 18 (x_T is computed, no init sweep); commits cover several tasks (pipeline.CommitPolicy)
+    # export 18 (x_T is computed, no init sweep); commits cover several tasks (pipeline.CommitPolicy), and
+    # land at row ends with a frontier snapshot (jobs/snapshots.py), so each point is one a resume reaches
     assert read_manifest(tmp_path / "ref").fuse_steps == 2
-    points = ["1:mid-write", "2:queued", "4:before-commit", "5:mid-commit", "3:queued", "7:before-commit",
+    points = ["1:mid-write", "2:queued", "4:before-commit", "5:mid-commit", "5:queued", "7:before-commit",
               "8:mid-commit", "13:mid-write", "14:queued", "18:before-commit"]
     job, out = tmp_path / "job", tmp_path / "out.png"
     first = run_sub("upscale", work / "in.png", "-o", out, "--job", job, *args, STREAMSR_TEST_KILL=points[0])
