@@ -132,8 +132,7 @@ class SweepExecutor:
         if task.kind is TaskKind.STEPS:
             self._steps(task, batch_box(task.batch, self.bs), inputs)
             return
-        sigma = self.sigmas[task.step] if task.kind is TaskKind.PREDICT else self.sigmas[task.step + 1]
-        self._denoise(task, task.sweep, inputs.x, inputs, sigma)
+        self._denoise(task, task.sweep, inputs.x, inputs, self._sigma(task.sweep))
 
     # ---- snapshots of the current sweep's frontiers (jobs/snapshots.py) ---------------------------
     def snapshot(self) -> dict[str, torch.Tensor]:
@@ -148,8 +147,12 @@ class SweepExecutor:
             kind, step, name = key.split(".", 2)
             subs.setdefault(Sweep(TaskKind(kind), int(step)), {})[name] = kv
         for sub, entries in subs.items():
-            sigma = self.sigmas[sub.step] if sub.kind is TaskKind.PREDICT else self.sigmas[sub.step + 1]
-            self._frontier(task, sub, sigma)[0].restore(entries)
+            self._frontier(task, sub, self._sigma(sub))[0].restore(entries)
+
+    def _sigma(self, sub: Sweep) -> float:
+        """The denoiser's sigma in a predict or correct sweep: sigma_i, or sigma_{i+1} for the Euler
+        prediction a correct sweep denoises."""
+        return self.sigmas[sub.step] if sub.kind is TaskKind.PREDICT else self.sigmas[sub.step + 1]
 
     # ---- the sweeps in flight and their frontiers -----------------------------------------------
     def _frontier(self, task: Task, sub: Sweep, sigma: float) -> tuple[Frontier, torch.Tensor]:

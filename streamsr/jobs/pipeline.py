@@ -183,7 +183,8 @@ class TaskPipeline:
                     row_end = task.batch.col0 + task.batch.cols == self.tasks.batches.grid.cols  # a shard end
                     if task.is_model and not sweep_end and row_end and self.snapshots and self.snapshot_policy.due():
                         started = time.monotonic()  # a snapshot where a commit can land, and that commit
-                        queued.append(io.submit(self._snapshot, task, following, self.sweeps.snapshot(), started))
+                        tensors = self.sweeps.snapshot()
+                        queued.append(io.submit(self._snapshot, task, following, tensors, time.monotonic() - started))
                         snapshot_commit = True
                 elif task.kind is TaskKind.ANCHOR:
                     writes = self.finalizer.anchor(task.batch, moments)
@@ -226,11 +227,14 @@ class TaskPipeline:
             sys.setswitchinterval(switch)
         return self._committed
 
-    def _snapshot(self, task: Task, cursor: int, tensors: dict, started: float) -> None:
-        """On the I/O thread: save the frontiers as they were before task `cursor` (jobs/snapshots.py)."""
+    def _snapshot(self, task: Task, cursor: int, tensors: dict, export_seconds: float) -> None:
+        """On the I/O thread: save the frontiers as they were before task `cursor` (jobs/snapshots.py). Its
+        cost for the policy: the export on the compute thread and this save, not the time it waited in the
+        queue behind earlier writes."""
+        started = time.monotonic()
         with self.io_timers("snapshot"):
             self.snapshots.save(task.sweep, cursor, tensors)
-        self.snapshot_policy.taken(time.monotonic() - started)
+        self.snapshot_policy.taken(export_seconds + time.monotonic() - started)
 
     def _steps(self) -> int:
         return self.store.manifest.job.steps

@@ -29,7 +29,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 
@@ -322,7 +321,3 @@ def rank_device(device: str, group: RankGroup | None) -> torch.device:
                        f"{torch.cuda.device_count()} CUDA device(s): launch at most that many ranks per node")
     return torch.device("cuda", group.local_rank)
 
-
-def job_path_identity(path: Path) -> str:
-    """A job dir as the ranks compare it (resolved)."""
-    return str(Path(path).resolve())

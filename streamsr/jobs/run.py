@@ -92,14 +92,11 @@ def _open_job(job_dir: JobDir, hold: contextlib.ExitStack, group: RankGroup | No
 
     def open_locked() -> int:
         hold.enter_context(job_lock(job_dir))
-        ranks = read_manifest(job_dir).ranks
-        if ranks != world:
-            raise JobError(_ranks_hint(job_dir, ranks, world))
+        store = JobStore.open(job_dir)
+        if store.manifest.ranks != world:
+            raise JobError(_ranks_hint(job_dir, store.manifest.ranks, world))
         RankLedger(job_dir, world).check()
-        stray = job_dir.partials()
-        for path in stray:
-            path.unlink(missing_ok=True)
-        return len(stray)
+        return len(store.remove_partials())
 
     stray = open_locked() if group is None else group.on_rank0("open the job", open_locked)
     return JobStore.open(job_dir), stray
