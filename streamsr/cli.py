@@ -179,8 +179,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise BadInput("give the output size (--size WxH) or an input file (--input FILE)")
     cfg = job_config(args)
     geo = Geometry(lr_h, lr_w, mcfg.block_size)
-    cfg, plan = plan_memory(mcfg, cfg, geometry=geo, auto_batch=args.batch is None,
-                            auto_placement=args.frontier is None)
+    cfg, plan, split = plan_memory(mcfg, cfg, geometry=geo, auto_batch=args.batch is None,
+                                   auto_placement=args.frontier is None, ranks=max(args.workers, 1))
     h, w = geo.hr_size
     print(f"output:   {w}x{h} ({geo.grid.cols}x{geo.grid.rows} blocks of {mcfg.block_size} px), "
           f"{args.dtype} on {torch.device(args.device).type}")
@@ -191,7 +191,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"store:    job dir {format_bytes(disk)} on disk ({disk / (h * w):.0f} bytes per output pixel; "
           "plus the frontier's disk spill above)")
     if args.workers != 1:
-        print(scaling_line(mcfg, cfg, out_hw=(h, w), workers=args.workers))  # flows.scaling_line
+        print(scaling_line(mcfg, cfg, out_hw=(h, w), workers=args.workers, split=split))  # flows.scaling_line
     return EXIT_OK
 
 

@@ -106,3 +106,110 @@ def test_only_fused_jobs_run_on_several_ranks():
     RankPlan(tasks, 0, 1)  # one process runs any layout
     with pytest.raises(ValueError, match="rank 2"):
         RankPlan(tasks, 2, 2)
+
+
+# ---- column bands: stages of `bands` ranks, each sweep a wavefront of bands -----------------------
+
+BAND_CASES = [(Grid(rows, cols), BatchShape(br, bc), steps, sampler, fuse, anchor, world, bands)
+              for rows, cols in ((2, 4), (3, 5)) for br, bc in ((1, 1), (2, 2), (1, 2))
+              for steps, sampler, fuse in ((1, "euler", 1), (4, "heun", 1), (5, "euler", 2))
+              for anchor in ("global", "local") for world, bands in ((2, 2), (3, 2), (4, 2), (3, 3), (4, 4))
+              if bands <= -(-cols // bc)]
+
+
+def band_plans(grid, shape, steps, sampler, fuse, anchor, world, bands):
+    tasks = job_tasks(grid, shape, steps, sampler, anchor, init_sweep=False, fuse=fuse)
+    return tasks, [RankPlan(tasks, rank, world, bands) for rank in range(world)]
+
+
+def _band_ids(c):
+    return f"{c[0].rows}x{c[0].cols}-{c[1].rows}x{c[1].cols}-{c[2]}{c[3]}-f{c[4]}-{c[5]}-w{c[6]}b{c[7]}"
+
+
+@pytest.mark.parametrize("case", BAND_CASES, ids=_band_ids)
+def test_bands_every_task_has_one_rank_and_counts_add_up(case):
+    tasks, ranks = band_plans(*case)
+    owned = sorted(i for plan in ranks for i in plan.own(0))
+    assert owned == list(range(len(tasks)))
+    for plan in ranks:
+        own = list(plan.own(0))
+        assert all(plan.owner(i) == plan.rank for i in own)
+        for cursor in range(len(tasks) + 1):
+            assert plan.next_own(cursor) == next((i for i in own if i >= cursor), len(tasks))
+            assert plan.model_blocks_before(cursor) == sum(
+                tasks[i].evals * len(tasks[i].batch.blocks()) for i in own if i < cursor and tasks[i].is_model)
+        if plan.rank >= plan.stages * plan.bands:
+            assert own == []  # idle: world is not a multiple of the bands
+
+
+def _band_simulate(tasks, ranks, rng):
+    """Random schedules the waits and the hand-offs allow; at every point, a relaunch (each band of a
+    stage replays its part of the stage's oldest current sweep from its start) finds its inputs intact."""
+    n, cols = len(tasks.batches), tasks.batches.cols
+    plan0 = ranks[0]
+    ring, bands = plan0.stages + 1, plan0.bands
+    cursors = [plan.next_own(0) for plan in ranks]
+    version = {}
+
+    def handed(r, index):  # a band's first batch of a row needs the band to its left past that row
+        plan = ranks[r]
+        batch = index % n
+        if plan.band.first or batch % cols != plan.band.col0:
+            return True
+        left = index - 1  # the left band's last batch of the same row and sweep
+        return cursors[r - 1] > left
+
+    while any(c < len(tasks) for c in cursors):
+        ready = [r for r, plan in enumerate(ranks) if cursors[r] < len(tasks)
+                 and all(cursors[u] >= c for u, c in plan.waits_for(cursors[r]))
+                 and (not tasks[cursors[r]].is_model or handed(r, cursors[r]))]
+        assert ready, f"deadlock at cursors {cursors}"
+        r = rng.choice(ready)
+        index = cursors[r]
+        task = tasks[index]
+        if task.kind is TaskKind.STEPS:
+            group, b = index // n, task.batch.index
+            if group > 0:
+                assert version.get((group % ring, b)) == group, f"sweep {group} read a stale or overwritten state"
+            version[((group + 1) % ring, b)] = group + 1
+        elif task.index == tasks.first(TaskKind.ANCHOR) or task.kind is TaskKind.STATS:
+            assert all(c == len(tasks) for c in cursors[1:]), "finishing started before every rank finished"
+        cursors[r] = ranks[r].next_own(index + 1)
+        for stage in range(plan0.stages):  # a relaunch now: the stage's bands replay its oldest current sweep
+            members = range(stage * bands, stage * bands + bands)
+            current = [cursors[q] // n for q in members if cursors[q] < len(tasks) and tasks[cursors[q]].is_model]
+            assert not current or all(s in (min(current), min(current) + plan0.stages) for s in current), \
+                "a band ran ahead of its stage"
+            starts = set()
+            for q in members:
+                span = ranks[q].replay_span(cursors)
+                assert span.stop <= cursors[q]
+                # the K/V this band hands on start where the right band's replay starts: at its span, or at
+                # its cursor when it has nothing to replay
+                starts.add(span.start if span else None)
+                for i in ranks[q].own(span.start):
+                    if i >= span.stop:
+                        break
+                    sweep = i // n
+                    if sweep > 0:
+                        assert version.get((sweep % ring, i % n)) == sweep, "a replay's input was overwritten"
+                if span and q > stage * bands:
+                    left = ranks[q - 1].replay_span(cursors)
+                    assert (left.start if left else cursors[q - 1]) <= span.start, "a band replays rows no one sends"
+            starts.discard(None)
+            assert len(starts) <= 1, f"the bands of stage {stage} replay from different points: {starts}"
+
+
+@pytest.mark.parametrize("case", BAND_CASES[::2], ids=_band_ids)
+def test_bands_random_schedules_keep_every_replay_possible(case):
+    tasks, ranks = band_plans(*case)
+    for seed in range(4):
+        _band_simulate(tasks, ranks, random.Random(seed))
+
+
+def test_band_plans_refuse_more_bands_than_ranks_or_columns():
+    tasks = job_tasks(Grid(2, 3), BatchShape(1, 1), 2, "euler", "local", init_sweep=False, fuse=1)
+    with pytest.raises(ValueError, match="band"):
+        RankPlan(tasks, 0, 2, 3)
+    with pytest.raises(ValueError, match="band"):
+        RankPlan(tasks, 0, 4, 4)  # 3 batch columns

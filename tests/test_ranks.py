@@ -22,6 +22,8 @@ from streamsr.cli import main
 from streamsr.jobs.flows import held_elsewhere
 from streamsr.jobs.ranks import RankFailed, RankGroup, RankLedger
 from streamsr.jobs.store import JobDir, JobError, read_manifest
+from streamsr.stream.bands import band_bound
+from streamsr.stream.planner import frontier_bound
 from streamsr.stream.ranks import RankPlan
 
 
@@ -68,12 +70,13 @@ def root(tmp_path_factory) -> Path:
     return tiny_model_and_image(tmp_path_factory.mktemp("ranks"), height=48, width=80, seed=3)
 
 
-@pytest.mark.parametrize("world, steps, sampler, anchor, batch", [
-    (2, 4, "heun", "global", "2x2"),
-    (3, 6, "euler", "local", "1x2"),
-    (4, 5, "heun", "local", "2x3"),
+@pytest.mark.parametrize("world, steps, sampler, anchor, batch, bands", [
+    (2, 4, "heun", "global", "2x2", 1),  # a sweep pipeline: 2 sweeps in flight
+    (3, 6, "euler", "local", "1x2", 1),
+    (3, 1, "euler", "global", "1x2", 3),  # one sweep: 3 column bands as a wavefront
+    (4, 2, "heun", "local", "2x1", 2),  # 2 sweeps in flight x 2 bands (Heun: a predict and a correct each)
 ])
-def test_ranks_give_the_bytes_of_one_process(root, world, steps, sampler, anchor, batch):
+def test_ranks_give_the_bytes_of_one_process(root, world, steps, sampler, anchor, batch, bands):
     opts = settings(steps, sampler, anchor, batch)
     name = f"w{world}-{sampler}-{anchor}-{batch}"
     expected = solo(root, f"solo-{name}", opts)
@@ -88,6 +91,13 @@ def test_ranks_give_the_bytes_of_one_process(root, world, steps, sampler, anchor
     assert m.model_blocks_done == m.tasks().model_blocks()
     ledger = RankLedger(job, world)
     assert [ledger.read(r) for r in range(world)] == [m.total_tasks] * world
+    assert m.bands == bands  # more ranks than sweeps: the split gives the others bands (stream/ranks.rank_split)
+    if bands > 1:  # each rank's frontier held its band's share of a row, not the row
+        tasks = m.tasks()
+        whole = frontier_bound(tasks.batches.grid, tasks.batches.shape)
+        for r in range(world):
+            peak = json.loads(job.rank_file(r).read_text())["frontier_peak_blocks"]
+            assert 0 < peak <= band_bound(tasks.batches, RankPlan(tasks, r, world, bands).band) < whole
 
 
 def test_random_rank_kills_resume_to_the_same_bytes(root):
@@ -132,6 +142,34 @@ def test_random_rank_kills_resume_to_the_same_bytes(root):
     done = torchrun(2, args)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (root / "kills.png").read_bytes() == expected
+
+
+def test_band_rank_kills_resume_to_the_same_bytes(root):
+    """Column bands: chained SIGKILLs of a random band's rank at random task points of its sweep, then the
+    same command: every band replays its part of the sweep, the K/V hand-offs flow again, same bytes."""
+    opts = settings(1, "euler", "global", "1x1")  # one sweep on 2 ranks: 2 bands of 5 batch columns
+    expected = solo(root, "solo-band-kills", opts)
+    args = upscale_args(root, "band-kills", opts)
+    job = JobDir(root / "job-band-kills")
+    rng = random.Random(5)
+    tasks = None
+    for attempt in range(3):
+        if tasks is None:  # the launch that creates the job: rank 1 (band 1) in its second row
+            spec, rank = "17:queued", 1
+        else:
+            m = read_manifest(job)
+            plans = [RankPlan(tasks, r, 2, m.bands) for r in range(2)]
+            left = {r: [i for i in plans[r].own(RankLedger(job, 2).start(plans[r], 0)) if tasks[i].is_model]
+                    for r in range(2)}
+            rank = rng.choice([r for r in left if left[r]])
+            spec = f"{rng.choice(left[rank])}:{rng.choice(['mid-write', 'queued', 'before-commit', 'mid-commit'])}"
+        killed = torchrun(2, args, STREAMSR_TEST_KILL=spec, STREAMSR_TEST_KILL_RANK=str(rank))
+        assert killed.returncode != 0, f"launch {attempt} was not killed at {spec} on rank {rank}"
+        tasks = read_manifest(job).tasks()
+        assert read_manifest(job).bands == 2
+    done = torchrun(2, args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (root / "band-kills.png").read_bytes() == expected
 
 
 def free_port() -> int:

@@ -19,7 +19,7 @@ from ..core.sampler import karras_sigmas
 from ..errors import BadInput
 from ..stream.memory import LR_SHARD_BLOCKS
 from ..stream.planner import BatchShape, raster_batches
-from ..stream.ranks import rank_fuse
+from ..stream.ranks import RankSplit, rank_split
 from ..weights import model_hash, read_model_config
 from .manifest import Geometry, InputInfo, JobStatus, Manifest, MemoryPlan, ModelRef, OutputRef
 from .store import CroppedView, JobDir, JobError, JobStore
@@ -117,25 +117,39 @@ def now_iso() -> str:
 
 
 def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_batch: bool,
-                auto_placement: bool, ranks: int = 1) -> tuple[JobConfig, MemoryPlan]:
-    """Resolve batch and frontier placement with the memory planner: (JobConfig with them, the plan).
-    On several ranks each steps sweep has at most ceil(steps / ranks) steps, so that every rank gets one
-    (stream/ranks.py); each rank's budget is the plan's."""
+                auto_placement: bool, ranks: int = 1) -> tuple[JobConfig, MemoryPlan, RankSplit]:
+    """Resolve batch and frontier placement with the memory planner: (JobConfig with them, the plan, the
+    split of the ranks). On several ranks (stream/ranks.rank_split) each steps sweep has few enough steps
+    that every stage gets one, a sweep may be split into column bands, and the plan is one rank's (its
+    band's frontier) within the budgets, which are per rank."""
     from ..stream import memory
 
-    try:
-        pred = memory.plan(mcfg, 2 if cfg.dtype == "bf16" else 4, geometry.hr_padded, cfg.vram or None, cfg.ram or None,
-                           torch.device(cfg.device).type,
-                           batch=None if auto_batch else (cfg.batch_rows, cfg.batch_cols),
-                           placement=None if auto_placement else cfg.placement,
-                           reference_attention=cfg.backend == "reference")
-    except memory.BudgetError as exc:
-        raise BadInput(str(exc)) from None
-    fuse, pred = memory.fused_plan(pred, steps=cfg.steps, sampler=cfg.sampler, vram=cfg.vram or None,
-                                   ram=cfg.ram or None, device_type=torch.device(cfg.device).type)
-    batches = len(raster_batches(geometry.grid, BatchShape(*pred.batch)))
-    plan = MemoryPlan.from_prediction(pred, fuse=rank_fuse(fuse, steps=cfg.steps, world=ranks, batches=batches))
-    return replace(cfg, batch_rows=plan.batch[0], batch_cols=plan.batch[1], placement=plan.placement), plan
+    device_type = torch.device(cfg.device).type
+
+    def plan_at(width: int, batch: tuple[int, int] | None) -> tuple[int, memory.Prediction]:
+        try:
+            pred = memory.plan(mcfg, 2 if cfg.dtype == "bf16" else 4, (geometry.hr_padded[0], width),
+                               cfg.vram or None, cfg.ram or None, device_type, batch=batch,
+                               placement=None if auto_placement else cfg.placement,
+                               reference_attention=cfg.backend == "reference")
+        except memory.BudgetError as exc:
+            raise BadInput(str(exc)) from None
+        return memory.fused_plan(pred, steps=cfg.steps, sampler=cfg.sampler, vram=cfg.vram or None,
+                                 ram=cfg.ram or None, device_type=device_type)
+
+    fuse, pred = plan_at(geometry.hr_padded[1], None if auto_batch else (cfg.batch_rows, cfg.batch_cols))
+    batches = raster_batches(geometry.grid, BatchShape(*pred.batch))
+    plans = {1: (fuse, pred)}
+
+    def fuse_for(bands: int) -> tuple[int, bool]:
+        if bands not in plans:  # the widest band, with the whole job's batch shape
+            width = min(-(-batches.cols // bands) * pred.batch[1], geometry.grid.cols) * mcfg.block_size
+            plans[bands] = plan_at(width, pred.batch)
+        return plans[bands][0], plans[bands][1].placement == "device"
+
+    split = rank_split(ranks, steps=cfg.steps, batch_cols=batches.cols, batches=len(batches), fuse_for=fuse_for)
+    plan = MemoryPlan.from_prediction(plans[split.bands][1], fuse=split.fuse)
+    return replace(cfg, batch_rows=plan.batch[0], batch_cols=plan.batch[1], placement=plan.placement), plan, split
 
 
 def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, model_dir: Path, cfg: JobConfig,
@@ -150,7 +164,8 @@ def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, mo
     if source.info.mode not in CHANNELS:
         raise BadInput(f"{source.info.path}: pixel mode {source.info.mode!r} is not one of {', '.join(CHANNELS)}")
     geo = Geometry(source.info.height, source.info.width, mcfg.block_size)
-    cfg, plan = plan_memory(mcfg, cfg, geometry=geo, auto_batch=auto_batch, auto_placement=auto_placement, ranks=ranks)
+    cfg, plan, split = plan_memory(mcfg, cfg, geometry=geo, auto_batch=auto_batch, auto_placement=auto_placement,
+                                   ranks=ranks)
     manifest = Manifest(
         stage=stage,
         status=JobStatus.CREATED,
@@ -166,6 +181,7 @@ def create_job(where: JobDir | Path, source: LRInput, *, output: Path | None, mo
         init_sweep=False,  # step 0's sweeps compute x_T (planner.job_tasks)
         fuse_steps=plan.fuse,  # steps sweeps of this many steps (planner.fused_sweeps)
         ranks=ranks,
+        bands=split.bands,
     )
     manifest = replace(manifest, total_tasks=len(manifest.tasks()))
     store = JobStore.create(where, manifest)

@@ -27,10 +27,13 @@ from ..core.model import InfDiT
 from ..core.noise import block_noise
 from ..core.resample import upsample_region
 from ..core.sampler import euler_step, heun_correct, lr_noise_init, to_d
+from ..stream.bands import Band, band_bound, band_plan
 from ..stream.engine import denoise_batch
 from ..stream.frontier import Frontier
-from ..stream.planner import Sweep, Task, TaskKind, batch_box, frontier_bound, frontier_plan
+from ..stream.handoff import put_received, take_sent
+from ..stream.planner import Sweep, Task, TaskKind, batch_box, raster_batches
 from .blockio import BlockWrite, Box
+from .kvlink import HandoffTag, KVLink
 from .progress import Timers
 from .shards import CachedArray, ShardReader
 from .store import JobStore, group_array, state_array
@@ -56,7 +59,8 @@ class SweepExecutor:
     """Runs the model tasks of one job; holds the model, the schedule and the current sweep's frontier."""
 
     def __init__(self, store: JobStore, model: InfDiT, *, vector: torch.Tensor | None, device: torch.device,
-                 timers: Timers, spill: Path | None = None):
+                 timers: Timers, spill: Path | None = None, band: Band = Band(0, 1, 0, 1),
+                 link: KVLink | None = None):
         m = store.manifest
         self.store = store
         self.job = m.job
@@ -71,11 +75,15 @@ class SweepExecutor:
         self.bs = m.geometry.block_size
         self.grid = m.geometry.grid
         self.shape = m.batch_shape
-        self.plan = frontier_plan(self.grid, self.shape)
+        self.batches = raster_batches(self.grid, self.shape)
+        self.plan = band_plan(self.batches, band)  # this rank's column band (the whole row without bands)
+        self.bound = band_bound(self.batches, band)  # blocks of K/V its frontiers hold at most
+        self.link = link  # hand-offs to and from the neighbouring bands (jobs/kvlink.py)
         self.fuse = m.fuse_steps
         self.ring = m.ring  # state arrays of the steps sweeps (several ranks: one more than ranks)
         self._sweep: Sweep | None = None  # the task sweep being run
         self._frontiers: dict[Sweep, tuple[Frontier, torch.Tensor]] = {}  # its denoiser sweeps: frontier, (1, C) emb
+        self._peak_blocks = 0.0  # the most K/V any closed frontier of this run held
 
     # ---- reads (any thread: they touch the store only) -------------------------------------------
     def inputs(self, task: Task, reader: ShardReader, timers: Timers) -> TaskInputs:
@@ -162,6 +170,7 @@ class SweepExecutor:
             left = [str(key) for key, (frontier, _) in self._frontiers.items() if len(frontier)]
             if left:
                 raise RuntimeError(f"sweep {self._sweep} ended with K/V left in the frontier of {', '.join(left)}")
+            self._peak_blocks = self.frontier_peak_blocks
             for frontier, _ in self._frontiers.values():
                 frontier.close()
             self._frontiers = {}
@@ -171,26 +180,39 @@ class SweepExecutor:
                     stale.unlink()
         if sub not in self._frontiers:
             spill = self.spill / f"{sub.kind}-{sub.step}"  # one spill dir per sweep in flight
-            frontier = Frontier(frontier_bound(self.grid, self.shape), self.model.cfg.layers, self.job.placement,
+            frontier = Frontier(self.bound, self.model.cfg.layers, self.job.placement,
                                 self.device, spill)
             with torch.no_grad():
                 emb = embedding(self.model, torch.tensor([sigma], device=self.device), self.vector)  # (1, C)
             self._frontiers[sub] = (frontier, emb)
         return self._frontiers[sub]
 
+    @property
+    def frontier_peak_blocks(self) -> float:
+        """The most blocks of K/V one frontier of this run held (a band's share of a row, with bands)."""
+        return max([self._peak_blocks, *(frontier.peak_blocks for frontier, _ in self._frontiers.values())])
+
     def _denoise(self, task: Task, sub: Sweep, x: torch.Tensor, inputs: TaskInputs, sigma: float) -> torch.Tensor:
         """D(x; sigma) of the batch's blocks in sweep `sub`, x (1, 3, h, w): (1, 3, h, w) float32 on the device."""
         frontier, emb = self._frontier(task, sub, sigma)
         batch = task.batch
+        plan = self.plan.batch_plan(batch)
+        tag = HandoffTag(int(sub.kind is TaskKind.CORRECT), sub.step, batch.index // self.batches.cols)
+        if plan.receive:  # column bands: the K/V of the band to the left, for this batch row
+            with self.timers("handoff"):
+                put_received(frontier, plan, self.link.receive(tag, self.device))
         with self.timers("model"), torch.no_grad():
             x = x.to(self.device)  # (1, 3, h, w)
             up = inputs.up.to(self.device)  # (1, 3, h, w)
             d = denoise_batch(self.model, image_to_blocks(x, self.bs), image_to_blocks(up, self.bs),
                               sigma=torch.tensor([sigma], device=self.device), emb=emb,
-                              windows=inputs.windows.to(self.device), plan=self.plan.batch_plan(batch),
+                              windows=inputs.windows.to(self.device), plan=plan,
                               frontier=frontier, kernel=self.kernel)  # (1, N, 3, bs, bs)
             if self.device.type == "cuda":  # the compute stream only: prefetch copies keep running
                 torch.cuda.current_stream(self.device).synchronize()
+        if plan.send:  # ... and this band's last column, for the band to the right
+            with self.timers("handoff"):
+                self.link.send(take_sent(frontier, plan), tag)
         self.timers.model_blocks += batch.rows * batch.cols
         return blocks_to_image(d, Grid(batch.rows, batch.cols))  # (1, 3, h, w)
 

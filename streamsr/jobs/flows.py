@@ -355,15 +355,20 @@ def plan_lines(plan: MemoryPlan | None, job: JobConfig) -> list[str]:
             f"parts:    {parts}"]
 
 
-def scaling_line(mcfg: ModelConfig, cfg: JobConfig, *, out_hw: tuple[int, int], workers: int) -> str:
-    """`plan --workers N`: the scaling model's prediction (stream/scaling.py) for the planned job."""
+def scaling_line(mcfg: ModelConfig, cfg: JobConfig, *, out_hw: tuple[int, int], workers: int, split=None) -> str:
+    """`plan --workers N`: the split of the ranks (stream/ranks.rank_split: the memory plan above is one
+    rank's) and the scaling model's prediction for it (stream/scaling.py)."""
     from ..stream.scaling import predict_scaling
 
     if workers < 1:
         raise BadInput(f"--workers must be >= 1, got {workers}")
     evals = 2 * cfg.steps - 1 if cfg.sampler == "heun" else cfg.steps
     p = predict_scaling(mcfg, out_hw=out_hw, sweeps=evals, workers=workers, batch=(cfg.batch_rows, cfg.batch_cols),
-                        itemsize=2 if cfg.dtype == "bf16" else 4, vram=cfg.vram or None)
-    return (f"scaling:  {workers} CUDA devices (predicted, docs/scaling.md): {p.sweeps_in_flight} sweep(s) in "
+                        itemsize=2 if cfg.dtype == "bf16" else 4, vram=cfg.vram or None,
+                        split=(split.stages, split.bands) if split else None)
+    ranks = (f"ranks:    {split.stages} sweep(s) in flight x {split.bands} column band(s)"
+             f"{f' ({workers - split.stages * split.bands} idle)' if workers > split.stages * split.bands else ''}, "
+             f"{split.fuse} sampler step(s) per sweep; the plan above is one rank's\n") if split else ""
+    return (f"{ranks}scaling:  {workers} CUDA devices (predicted, docs/scaling.md): {p.sweeps_in_flight} sweep(s) in "
             f"flight x {p.bands} band(s), {format_seconds(p.wall_seconds)} vs {format_seconds(p.one_device_seconds)} on one "
             f"({p.speedup:.1f}x), per rank {format_bytes(p.rank_device_bytes)} of device memory")

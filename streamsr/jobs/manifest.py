@@ -204,6 +204,7 @@ class Manifest:
     init_sweep: bool = True  # x_T written by an init sweep (earlier versions) or computed by step 0's sweeps
     fuse_steps: int = 0  # sampler steps per steps sweep (planner.fused_sweeps); 0: one sweep per predict/correct
     ranks: int = 1  # processes that run the job together (stream/ranks.py; 1 in earlier versions)
+    bands: int = 1  # column bands per steps sweep (stream/bands.py): ranks // bands sweeps in flight
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", JobStatus(self.status))
@@ -212,6 +213,8 @@ class Manifest:
             raise ValueError(f"cursor {self.cursor} outside 0..{self.total_tasks}")
         if self.ranks < 1 or (self.ranks > 1 and not self.fuse_steps):
             raise ValueError(f"ranks {self.ranks}: a job runs on >= 1 rank, several only with fused steps")
+        if not 1 <= self.bands <= self.ranks:
+            raise ValueError(f"{self.bands} column bands on {self.ranks} rank(s)")
 
     # ---- derived ----------------------------------------------------------------------------------
     @property
@@ -230,8 +233,8 @@ class Manifest:
 
     @property
     def ring(self) -> int:
-        """State arrays the steps sweeps cycle through (store.group_array): ranks + 1."""
-        return self.ranks + 1
+        """State arrays the steps sweeps cycle through (store.group_array): sweeps in flight + 1."""
+        return self.ranks // self.bands + 1
 
     # ---- JSON -------------------------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -256,6 +259,8 @@ class Manifest:
         }
         if self.ranks != 1:
             data["ranks"] = self.ranks
+        if self.bands != 1:
+            data["bands"] = self.bands
         if self.plan is not None:
             data["plan"] = self.plan.to_json()
         if self.updated is not None:
@@ -289,4 +294,5 @@ class Manifest:
             init_sweep=_flag(data.get("init_sweep", True), "init_sweep"),
             fuse_steps=_count(data.get("fuse_steps", 0), "fuse_steps"),
             ranks=_count(data.get("ranks", 1), "ranks"),
+            bands=_count(data.get("bands", 1), "bands"),
         )

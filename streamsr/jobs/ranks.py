@@ -27,7 +27,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import torch
@@ -129,16 +129,21 @@ class RankGroup:
             dist.destroy_process_group()
 
     # ---- agreement -------------------------------------------------------------------------------
-    def agree(self, what: str, value: str) -> None:
-        """Every rank must hold the same `value` (a job dir, a model hash, a world size): JobError otherwise."""
+    def gather(self, what: str, value) -> list:
+        """Every rank's `value` (JSON-able), in rank order."""
         import torch.distributed as dist
 
-        values: list[str | None] = [None] * self.world
+        values: list = [None] * self.world
         try:
             dist.all_gather_object(values, value)
         except (RuntimeError, OSError) as exc:  # a rank died while the group started
             raise RankFailed(f"lost contact with the other ranks while comparing {what} ({exc}); relaunch the "
                              "same command") from None
+        return values
+
+    def agree(self, what: str, value: str) -> None:
+        """Every rank must hold the same `value` (a job dir, a model hash, a world size): JobError otherwise."""
+        values = self.gather(what, value)
         if len(set(values)) > 1:
             listed = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
             raise JobError(f"the ranks were launched with different {what} ({listed}); launch them alike")
@@ -226,11 +231,14 @@ class RankLedger:
                            f"{world} ranks")
         return cursor
 
-    def write(self, rank: int, cursor: int, *, fault_tasks: range = range(0)) -> None:
+    def write(self, rank: int, cursor: int, *, fault_tasks: range = range(0),
+              frontier_peak_blocks: float | None = None) -> None:
+        """Commit `rank`'s cursor (and, at the end of a run with bands, the most K/V its frontiers held)."""
         self.job_dir.ranks.mkdir(exist_ok=True)
-        write_json_atomic(self.job_dir.rank_file(rank), {"format": RANK_FORMAT, "rank": rank, "world": self.world,
-                                                         "cursor": cursor, "pid": os.getpid()},
-                          fault_tasks=fault_tasks)
+        data = {"format": RANK_FORMAT, "rank": rank, "world": self.world, "cursor": cursor, "pid": os.getpid()}
+        if frontier_peak_blocks is not None:
+            data["frontier_peak_blocks"] = frontier_peak_blocks
+        write_json_atomic(self.job_dir.rank_file(rank), data, fault_tasks=fault_tasks)
 
     def check(self) -> None:
         """Refuse cursor files of another world size (a job relaunched with other ranks)."""
@@ -307,7 +315,7 @@ class RankRun:
         if self.plan.rank != 0:
             return store.manifest
         cursors = [cursor if r == 0 else max(self.group.cursor(r), 0) for r in range(self.plan.world)]
-        done = sum(RankPlan(tasks, r, self.plan.world).model_blocks_before(c) for r, c in enumerate(cursors))
+        done = sum(replace(self.plan, rank=r).model_blocks_before(c) for r, c in enumerate(cursors))
         return store.commit(cursor=max(min(cursors), store.manifest.cursor), model_blocks_done=done, **fields)
 
 

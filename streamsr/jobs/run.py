@@ -25,6 +25,7 @@ from .create import now_iso
 from .manifest import JobStatus, Manifest
 from .pipeline import CommitPolicy, RunClock, TaskPipeline
 from .progress import ProgressBar, Timers, eta_seconds
+from .kvlink import band_link
 from .ranks import RankFailed, RankGroup, RankLedger, RankRun, rank_device
 from .snapshots import SnapshotDir
 from .store import JobDir, JobError, JobStore, job_lock, read_manifest
@@ -65,9 +66,18 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def _refill_frontier(tasks: TaskList, cursor: int, pipeline: TaskPipeline, log) -> None:
+def _refill_frontier(tasks: TaskList, cursor: int, pipeline: TaskPipeline, log, cursors: list[int] | None) -> None:
     """At a cursor inside a denoiser sweep, rebuild its frontier: from the newest snapshot of the sweep
-    (jobs/snapshots.py), then by replaying the sweep's committed batches after it."""
+    (jobs/snapshots.py), then by replaying the sweep's committed batches after it. With column bands
+    (`cursors`: every rank's), replay this rank's part of its stage's sweep (RankPlan.replay_span)."""
+    if cursors is not None:
+        span = pipeline.ranks.plan.replay_span(cursors)
+        own = [index for index in pipeline.ranks.plan.own(span.start) if index < span.stop] if span else []
+        if own:
+            log(f"rebuilding the K/V frontiers of the bands: replaying {len(own)} batch(es) of this rank")
+        for index in own:
+            pipeline.sweeps.replay(tasks[index], pipeline.read_inputs(tasks[index]))
+        return
     if cursor >= len(tasks) or not tasks[cursor].is_model or tasks[cursor].batch.index == 0:
         return
     first = cursor - tasks[cursor].batch.index
@@ -151,18 +161,22 @@ def _run_locked(job_dir: JobDir, hold: contextlib.ExitStack, *, model_dir: Path 
     tasks = m.tasks()
     ranks = RankRun.solo(tasks)
     if group is not None:
-        ranks = RankRun(RankPlan(tasks, group.rank, group.world), group, RankLedger(job_dir, group.world))
+        plan = RankPlan(tasks, group.rank, group.world, m.bands)
+        ranks = RankRun(plan, group, RankLedger(job_dir, group.world))
     cursor = ranks.ledger.start(ranks.plan, m.cursor) if ranks.ledger else m.cursor
     if group is not None:
         if ranks.ledger.read(group.rank) != cursor:  # a rank's file exists from its first run on (world size)
             ranks.ledger.write(group.rank, cursor)
         group.publish(cursor)
+    cursors = group.gather("cursors", cursor) if group is not None and m.bands > 1 else None
     timers = Timers()
     spill = job_dir.frontier / f"rank-{group.rank}" if group else job_dir.frontier
-    sweeps = SweepExecutor(store, model, vector=vector, device=device, timers=timers, spill=spill)
+    link = band_link(group, rank=ranks.plan.rank, bands=m.bands, stages=ranks.plan.stages)
+    sweeps = SweepExecutor(store, model, vector=vector, device=device, timers=timers, spill=spill,
+                           band=ranks.plan.band, link=link)
     pipeline = TaskPipeline(store, tasks, sweeps=sweeps, finalizer=Finalizer(store, device=device, timers=timers),
                             timers=timers, ranks=ranks, policy=CommitPolicy(1, 0.0) if group else None,
-                            snapshots=SnapshotDir(spill / "snapshots"))
+                            snapshots=SnapshotDir(spill / "snapshots") if m.bands == 1 else None)
     if stray:
         log(f"removed {stray} partial file(s) left by an interrupted write")
     if ranks.writes_manifest:  # running from here on, the replay of the current sweep included
@@ -172,8 +186,11 @@ def _run_locked(job_dir: JobDir, hold: contextlib.ExitStack, *, model_dir: Path 
     clock = RunClock(dict(m.seconds), time.monotonic())
     with StopFlag() as stop:
         try:
-            _refill_frontier(tasks, cursor, pipeline, log)
+            _refill_frontier(tasks, cursor, pipeline, log, cursors)
             m = pipeline.run(m, stop=stop, bar=bar, clock=clock, cursor=cursor)
+            if link is not None and pipeline.cursor >= len(tasks):  # the right band has taken every hand-off
+                link.flush()
+                ranks.ledger.write(group.rank, pipeline.cursor, frontier_peak_blocks=sweeps.frontier_peak_blocks)
         except torch.OutOfMemoryError:
             bar.close()
             if ranks.writes_manifest:

@@ -137,6 +137,9 @@ class BatchPlan:
     keep: tuple[Block, ...]  # the batch's own blocks that later batches read
     drop: tuple[Block, ...]  # reads whose last reader is this batch
     next_reads: tuple[Block, ...]  # what the next batch in raster order reads (staged ahead); () for the last
+    receive: tuple[Block, ...] = ()  # column bands (bands.py): put in the frontier from the band to the left first
+    send: tuple[Block, ...] = ()  # ... the batch's blocks whose K/V go to the band to the right after it
+    release: tuple[Block, ...] = ()  # ... those of `send` that no later batch of the band reads (dropped once sent)
 
 
 @dataclass(frozen=True)

@@ -14,36 +14,68 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+from .bands import Band, band_blocks_before, band_of, split_bands
 from .planner import TaskKind, TaskList
 
 
 @dataclass(frozen=True)
 class RankPlan:
     """The tasks one rank of `world` runs, and what it waits for. A rank's cursor is the index of its next
-    task in the job's task list (len(tasks) once it has none left): every task of its below it is done."""
+    task in the job's task list (len(tasks) once it has none left): every task of its below it is done.
+
+    With `bands` > 1 the ranks form world // bands stages of `bands` ranks (the rest idle): steps sweep s
+    is stage s % stages's, and rank stage * bands + k runs its column band k (bands.py) as a wavefront
+    with the stage's other bands, taking K/V from band k - 1 per batch row (handed over directly, not
+    waited for here). A stage starts sweep s only once all its bands have finished sweep s - stages: a
+    band that resumes replays its sweep from the start, and the band to its left must be able to replay
+    that sweep too (its input, ring slot s % (stages + 1), is intact until sweep s + stages writes it)."""
 
     tasks: TaskList
     rank: int
     world: int
+    bands: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} outside 0..{self.world - 1}")
         if self.world > 1 and any(s.kind is not TaskKind.STEPS for s in self.tasks.sweeps if s.kind.is_model):
             raise ValueError("only fused jobs (steps sweeps) run on several ranks")
+        if not 1 <= self.bands <= min(self.world, self.tasks.batches.cols):
+            raise ValueError(f"{self.bands} column band(s) on {self.world} rank(s) and {self.tasks.batches.cols} "
+                             "batch column(s): at most one band per rank and per batch column")
+
+    @property
+    def stages(self) -> int:
+        """Steps sweeps in flight: groups of `bands` ranks."""
+        return self.world // self.bands
+
+    @property
+    def band(self) -> Band:
+        """This rank's column band (band 0 of 1 without bands)."""
+        return split_bands(self.tasks.batches.cols, self.bands)[self.rank % self.bands]
 
     def owner(self, index: int) -> int:
         """The rank that runs task `index`."""
-        sweep = index // len(self.tasks.batches)
+        n = len(self.tasks.batches)
+        sweep = index // n
         if sweep < len(self.tasks.sweeps) and self.tasks.sweeps[sweep].kind is TaskKind.STEPS:
-            return sweep % self.world
+            return (sweep % self.stages) * self.bands + band_of(self.tasks.batches, self.bands, index % n)
         return 0
 
     def next_own(self, index: int) -> int:
         """The first task of this rank at or after `index`; len(tasks) when there is none."""
-        n, total = len(self.tasks.batches), len(self.tasks)
+        n, total, cols = len(self.tasks.batches), len(self.tasks), self.tasks.batches.cols
         while index < total and self.owner(index) != self.rank:
-            index = (index // n + 1) * n  # the next sweep's first task (the export task is rank 0's)
+            sweep, batch = divmod(index, n)
+            stage = self.rank // self.bands
+            if (self.bands > 1 and sweep < len(self.tasks.sweeps) and stage < self.stages
+                    and self.owner(sweep * n) // self.bands == stage):  # this stage's sweep, another band
+                row, col = divmod(batch, cols)
+                batch = row * cols + self.band.col0 if col < self.band.col0 else (row + 1) * cols + self.band.col0
+                if batch < n:
+                    index = sweep * n + batch
+                    continue
+            index = (sweep + 1) * n  # the next sweep's first task (the export task is rank 0's)
         return min(index, total)
 
     def own(self, cursor: int) -> Iterator[int]:
@@ -55,16 +87,41 @@ class RankPlan:
 
     def waits_for(self, index: int) -> tuple[tuple[int, int], ...]:
         """(rank, cursor) pairs: task `index` may start once each rank has committed that cursor. A steps
-        task waits for the same batch of the sweep before it; the first finishing task for every rank."""
+        task waits for the same batch of the sweep before it (and, with bands, a stage's first task of a
+        sweep for its bands to finish the stage's sweep before); the first finishing task for every rank."""
         if self.world == 1:
             return ()
         n = len(self.tasks.batches)
         sweep = index // n
         kind = self.tasks.sweeps[sweep].kind if sweep < len(self.tasks.sweeps) else TaskKind.EXPORT
         if kind is TaskKind.STEPS:
-            return ((self.owner(index - n), index - n + 1),) if sweep > 0 else ()
+            needs = ((self.owner(index - n), index - n + 1),) if sweep > 0 else ()
+            if self.bands > 1 and sweep >= self.stages and index == self.next_own(sweep * n):
+                stage = self.rank // self.bands * self.bands
+                needs += tuple((r, (sweep - self.stages + 1) * n) for r in range(stage, stage + self.bands)
+                               if r != self.rank)
+            return needs
         first = next(number for number, s in enumerate(self.tasks.sweeps) if s.kind is not TaskKind.STEPS) * n
         return tuple((r, len(self.tasks)) for r in range(self.world) if r != self.rank) if index == first else ()
+
+    def replay_span(self, cursors: list[int]) -> range:
+        """The task indices whose own tasks this rank replays when a run starts, given every rank's cursor:
+        the K/V frontier of its current sweep up to its cursor. With bands, the part of its stage's oldest
+        current sweep (every band of the stage replays the same sweep from its start, so that the hand-offs
+        flow again, also from a band that has finished that sweep and waits for the others)."""
+        n, total, cursor = len(self.tasks.batches), len(self.tasks), cursors[self.rank]
+        if self.bands == 1:
+            on_model = cursor < total and self.tasks[cursor].is_model
+            return range(cursor // n * n, cursor) if on_model else range(0)
+        stage = self.rank // self.bands
+        if stage >= self.stages:
+            return range(0)
+        current = [c // n for c in cursors[stage * self.bands:(stage + 1) * self.bands]
+                   if c < total and self.tasks[c].is_model]
+        if not current:
+            return range(0)
+        oldest = min(current)
+        return range(oldest * n, min(cursor, (oldest + 1) * n))
 
     def model_blocks_before(self, cursor: int) -> int:
         """Block evaluations of this rank's tasks before its cursor."""
@@ -72,8 +129,10 @@ class RankPlan:
         for number, sweep in enumerate(self.tasks.sweeps):
             if cursor <= number * n:
                 break
-            if sweep.kind.is_model and number % self.world == self.rank:
-                done += sweep.evals * self.tasks.batches.blocks_before(min(cursor - number * n, n))
+            if sweep.kind.is_model and self.owner(number * n) // self.bands == self.rank // self.bands:
+                count = min(cursor - number * n, n)
+                done += sweep.evals * (self.tasks.batches.blocks_before(count) if self.bands == 1 else
+                                       band_blocks_before(self.tasks.batches, self.band, count))
         return done
 
 
@@ -91,3 +150,31 @@ def rank_fuse(fuse: int, *, steps: int, world: int, batches: int | None = None) 
     if batches is not None and world > 1:
         cap = min(cap, max(1, int(LAG_SHARE * steps * batches / (2 * world))))
     return max(1, min(fuse, cap))
+
+
+@dataclass(frozen=True)
+class RankSplit:
+    """How a job's ranks share its sweeps: `stages` steps sweeps in flight x `bands` column bands each
+    (world - stages * bands ranks idle), and the sampler steps per steps sweep."""
+
+    stages: int
+    bands: int
+    fuse: int
+
+
+def rank_split(world: int, *, steps: int, batch_cols: int, batches: int, fuse_for) -> RankSplit:
+    """The split of `world` ranks. `fuse_for(bands)` gives, for a band of the sweep's width / bands, the
+    budget's steps per sweep and whether the band's frontier fits on the device. Preferred, in order: a
+    frontier on the device (a wide image's row of K/V may only fit there in bands); the most ranks busy
+    (a stage without a sweep of its own idles: more ranks than sweeps go to bands); the fewest bands (a
+    sweep pipeline hands over only block states, bands also K/V and a wavefront's fill)."""
+    best: tuple | None = None
+    for bands in range(1, min(world, batch_cols) + 1):
+        stages = world // bands
+        budget_fuse, on_device = fuse_for(bands)
+        fuse = rank_fuse(budget_fuse, steps=steps, world=stages, batches=batches)
+        busy = min(stages, -(-steps // fuse)) * bands
+        key = (bool(on_device), busy, -bands)
+        if best is None or key > best[0]:
+            best = (key, RankSplit(stages, bands, fuse))
+    return best[1]

@@ -66,14 +66,16 @@ def link_bytes_per_s(workers: int) -> float:
 
 def predict_scaling(cfg: ModelConfig, *, out_hw: tuple[int, int], sweeps: int, workers: int,
                     batch: tuple[int, int] = (4, 8), itemsize: int = 2, flops_per_s: float | None = None,
-                    vram: int | None = None) -> ScalingPrediction:
+                    vram: int | None = None, split: tuple[int, int] | None = None) -> ScalingPrediction:
     """The scaling model (module docstring) for an output of out_hw pixels, `sweeps` model evaluations per
     block (Heun with n steps: 2n - 1), on `workers` devices with block batches of `batch`: the split (sweep
     groups x bands, at most `workers` ranks busy) with the least wall time among those whose rank fits `vram`
-    (all splits if none fits, or without a budget)."""
+    (all splits if none fits, or without a budget); or the given `split` (sweeps in flight, bands)."""
     if workers < 1 or sweeps < 1:
         raise ValueError(f"workers and sweeps must be >= 1, got {workers} and {sweeps}")
     cols = -(-out_hw[1] // cfg.block_size)
+    if split is not None:
+        return _split(cfg, out_hw, sweeps, workers, *split, batch, itemsize, flops_per_s)
     splits = [_split(cfg, out_hw, sweeps, workers, groups, bands, batch, itemsize, flops_per_s)
               for groups in range(1, min(workers, sweeps) + 1) for bands in range(1, min(workers // groups, cols) + 1)]
     fitting = [p for p in splits if vram is None or p.rank_device_bytes <= vram]
