@@ -150,6 +150,8 @@ def _band_simulate(tasks, ranks, rng):
     ring, bands = plan0.stages + 1, plan0.bands
     cursors = [plan.next_own(0) for plan in ranks]
     version = {}
+    snaps = [{} for _ in ranks]  # rank -> sweep -> the rows its snapshots follow (jobs/run.py, pipeline.py)
+    decided = {}  # (stage, sweep, row) -> band 0's snapshot decision, handed on with the row's K/V
 
     def handed(r, index):  # a band's first batch of a row needs the band to its left past that row
         plan = ranks[r]
@@ -174,6 +176,16 @@ def _band_simulate(tasks, ranks, rng):
             version[((group + 1) % ring, b)] = group + 1
         elif task.index == tasks.first(TaskKind.ANCHOR) or task.kind is TaskKind.STATS:
             assert all(c == len(tasks) for c in cursors[1:]), "finishing started before every rank finished"
+        if task.kind is TaskKind.STEPS:
+            plan = ranks[r]
+            sweep, (row, col) = index // n, divmod(index % n, cols)
+            if col == plan.band.col0:  # a new sweep of this rank: the others' snapshots go
+                snaps[r] = {sweep: snaps[r].get(sweep, [])}
+            if col == plan.band.col1 - 1 and row + 1 < tasks.batches.rows:  # a band row end inside the sweep
+                key = (r // bands, sweep, row)
+                take = decided.setdefault(key, rng.random() < 0.5) if plan.band.first else decided[key]
+                if take:
+                    snaps[r][sweep] = sorted([*snaps[r][sweep], row + 1])[-3:]  # the newest 3 kept
         cursors[r] = ranks[r].next_own(index + 1)
         for stage in range(plan0.stages):  # a relaunch now: the stage's bands replay its oldest current sweep
             members = range(stage * bands, stage * bands + bands)
@@ -181,8 +193,14 @@ def _band_simulate(tasks, ranks, rng):
             assert not current or all(s in (min(current), min(current) + plan0.stages) for s in current), \
                 "a band ran ahead of its stage"
             starts = set()
+            sweep = ranks[stage * bands].stage_sweep(cursors)
+            rows = [sorted(snaps[q].get(sweep, [])) for q in range(len(ranks))]
+            skip = ranks[stage * bands].restart_row(cursors, rows)
             for q in members:
-                span = ranks[q].replay_span(cursors)
+                assert ranks[q].restart_row(cursors, rows) == skip
+                if skip:
+                    assert skip in rows[q]  # every band restores its frontier after row `skip`
+                span = ranks[q].replay_span(cursors, skip_rows=skip)
                 assert span.stop <= cursors[q]
                 # the K/V this band hands on start where the right band's replay starts: at its span, or at
                 # its cursor when it has nothing to replay
@@ -213,3 +231,22 @@ def test_band_plans_refuse_more_bands_than_ranks_or_columns():
         RankPlan(tasks, 0, 2, 3)
     with pytest.raises(ValueError, match="band"):
         RankPlan(tasks, 0, 4, 4)  # 3 batch columns
+
+
+def test_rank_split_busy_ranks_then_device_frontier_then_fewest_bands():
+    from streamsr.stream.ranks import RankSplit, rank_split
+
+    def fits_all(bands):
+        return 8, True
+
+    assert rank_split(1, steps=20, batch_cols=16, batches=512, fuse_for=fits_all) == RankSplit(1, 1, 8)
+    assert rank_split(2, steps=8, batch_cols=16, batches=512, fuse_for=fits_all) == RankSplit(2, 1, 4)  # a pipeline
+    assert rank_split(2, steps=1, batch_cols=16, batches=512, fuse_for=fits_all) == RankSplit(1, 2, 1)  # one sweep: bands
+    assert rank_split(4, steps=2, batch_cols=16, batches=512, fuse_for=fits_all) == RankSplit(2, 2, 1)
+    assert rank_split(3, steps=1, batch_cols=2, batches=8, fuse_for=fits_all) == RankSplit(1, 2, 1)  # 1 idle
+    assert rank_split(4, steps=1, batch_cols=1, batches=8, fuse_for=fits_all) == RankSplit(4, 1, 1)  # no columns to split
+
+    def row_too_wide(bands):  # a row of K/V fits the device only in 4 or more bands
+        return 8, bands >= 4
+
+    assert rank_split(8, steps=20, batch_cols=64, batches=4096, fuse_for=row_too_wide) == RankSplit(2, 4, 8)

@@ -49,7 +49,12 @@ def test_plan_prints_the_prediction_for_n_workers(capsys):
     from streamsr.cli import main
 
     assert main(["plan", "--size", "4096x4096", "--workers", "4"]) == 0
-    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("scaling:")]
+    out = capsys.readouterr().out.splitlines()
+    line = [ln for ln in out if ln.startswith("scaling:")]
     assert len(line) == 1 and "4 CUDA devices" in line[0] and "x" in line[0]
+    split = [ln for ln in out if ln.startswith("ranks:")]  # the split a job on 4 ranks gets (rank_split)
+    assert len(split) == 1 and "sweep(s) in flight x" in split[0] and "column band(s)" in split[0]
+    stages, bands = (int(split[0].split()[k]) for k in (1, 6))
+    assert stages * bands == 4 and f"{stages} sweep(s) in flight x {bands} band(s)" in line[0]
     assert main(["plan", "--size", "4096x4096", "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err

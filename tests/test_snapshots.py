@@ -127,6 +127,26 @@ def test_the_newest_snapshot_at_or_before_the_cursor_is_used(tmp_path):
     assert not any(snaps.root.iterdir())
 
 
+def test_band_snapshots_keep_a_few_check_each_and_go_when_the_next_sweep_starts(tmp_path):
+    """Column bands (jobs/run._refill_bands): a rank keeps its newest few snapshots of a sweep, lists the
+    intact ones for the stage's agreement, loads the agreed one, and drops a sweep's at the next one."""
+    snaps = SnapshotDir(tmp_path / "snapshots")
+    sweep, later = Sweep(TaskKind.STEPS, 0, 1, 1), Sweep(TaskKind.STEPS, 2, 1, 1)
+    for at in (5, 15, 25, 35):
+        snaps.save(sweep, at, {"x": torch.full((2,), float(at))})
+    snaps.prune(36, keep=3)
+    assert snaps.intact(sweep) == [15, 25, 35]
+    path = snaps.root / "snap-steps-0-25.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1  # one flipped bit in the data: not intact, not offered to the other bands
+    path.write_bytes(bytes(raw))
+    assert snaps.intact(sweep) == [15, 35]
+    assert snaps.load(sweep, 25) is None and torch.equal(snaps.load(sweep, 15)["x"], torch.full((2,), 15.0))
+    snaps.save(later, 3, {"x": torch.zeros(1)})
+    snaps.clear(but=later)
+    assert snaps.intact(sweep) == [] and snaps.intact(later) == [3]
+
+
 def replayed(stderr: str) -> int:
     found = re.findall(r"replaying (\d+) batch", stderr)
     assert found, stderr

@@ -79,6 +79,7 @@ class SweepExecutor:
         self.plan = band_plan(self.batches, band)  # this rank's column band (the whole row without bands)
         self.bound = band_bound(self.batches, band)  # blocks of K/V its frontiers hold at most
         self.link = link  # hand-offs to and from the neighbouring bands (jobs/kvlink.py)
+        self.snapshot_row = False  # bands: snapshot after this batch row (the first band's call, handed on)
         self.fuse = m.fuse_steps
         self.ring = m.ring  # state arrays of the steps sweeps (several ranks: one more than ranks)
         self._sweep: Sweep | None = None  # the task sweep being run
@@ -200,7 +201,8 @@ class SweepExecutor:
         tag = HandoffTag(int(sub.kind is TaskKind.CORRECT), sub.step, batch.index // self.batches.cols)
         if plan.receive:  # column bands: the K/V of the band to the left, for this batch row
             with self.timers("handoff"):
-                put_received(frontier, plan, self.link.receive(tag, self.device))
+                kv, self.snapshot_row = self.link.receive(tag, self.device)
+                put_received(frontier, plan, kv)
         with self.timers("model"), torch.no_grad():
             x = x.to(self.device)  # (1, 3, h, w)
             up = inputs.up.to(self.device)  # (1, 3, h, w)
@@ -212,7 +214,7 @@ class SweepExecutor:
                 torch.cuda.current_stream(self.device).synchronize()
         if plan.send:  # ... and this band's last column, for the band to the right
             with self.timers("handoff"):
-                self.link.send(take_sent(frontier, plan), tag)
+                self.link.send(take_sent(frontier, plan), tag, snapshot=self.snapshot_row)
         self.timers.model_blocks += batch.rows * batch.cols
         return blocks_to_image(d, Grid(batch.rows, batch.cols))  # (1, 3, h, w)
 

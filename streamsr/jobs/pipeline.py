@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .finalize import Finalizer
 
 
+BAND_SNAPSHOTS = 3  # snapshots kept per sweep with column bands (SnapshotDir.prune)
 SWITCH_INTERVAL = 0.0005  # seconds; Python's default 0.005 lets a busy compute thread starve the I/O thread
 
 
@@ -178,10 +179,16 @@ class TaskPipeline:
                              if not sweep_end and self.ranks.ready(following) else None)
                     if task.batch.index == 0:
                         self.snapshot_policy.restart()
+                    row_end, banded = self._row_end(task), self.ranks.plan.bands > 1
+                    if banded and self.snapshots and task.is_model:
+                        if index == self.ranks.next_own(index // len(self.tasks.batches) * len(self.tasks.batches)):
+                            queued.append(io.submit(lambda sweep=task.sweep: self.snapshots.clear(but=sweep)))
+                        if row_end and self.ranks.plan.band.first:  # the first band decides, the others follow
+                            self.sweeps.snapshot_row = not sweep_end and self.snapshot_policy.due()
                     queued.append(io.submit(self.writer.write, index, self.sweeps.compute(task, inputs)))
                     kill_point(index, "queued")
-                    row_end = task.batch.col0 + task.batch.cols == self.tasks.batches.grid.cols  # a shard end
-                    if task.is_model and not sweep_end and row_end and self.snapshots and self.snapshot_policy.due():
+                    due = self.sweeps.snapshot_row if banded else self.snapshot_policy.due()
+                    if task.is_model and not sweep_end and row_end and self.snapshots and due:
                         started = time.monotonic()  # a snapshot where a commit can land, and that commit
                         tensors = self.sweeps.snapshot()
                         queued.append(io.submit(self._snapshot, task, following, tensors, time.monotonic() - started))
@@ -211,8 +218,8 @@ class TaskPipeline:
                     self._last_commit = now
                     release_free_memory()
                     queued.append(io.submit(self._commit, index + 1, moments, dict(self.timers.seconds), clock))
-                    if sweep_end and task.is_model and self.snapshots:
-                        queued.append(io.submit(self.snapshots.clear, task.sweep))
+                    if sweep_end and task.is_model and self.snapshots and self.ranks.plan.bands == 1:
+                        queued.append(io.submit(self.snapshots.clear, task.sweep))  # bands: when the next starts
                     if sweep_end or stop.signal is not None:
                         self._drain(queued)
                 bar.update(index + 1, self.ranks.model_blocks_before(following), label=task_label(task, self._steps()),
@@ -226,6 +233,12 @@ class TaskPipeline:
             io.shutdown()
             sys.setswitchinterval(switch)
         return self._committed
+
+    def _row_end(self, task: Task) -> bool:
+        """Whether `task` ends this rank's part of a row of batches (one band's, with bands): a shard end."""
+        if self.ranks.plan.bands > 1:
+            return task.batch.index % self.tasks.batches.cols == self.ranks.plan.band.col1 - 1
+        return task.batch.col0 + task.batch.cols == self.tasks.batches.grid.cols
 
     def _snapshot(self, task: Task, cursor: int, tensors: dict, export_seconds: float) -> None:
         """On the I/O thread: save the frontiers as they were before task `cursor` (jobs/snapshots.py). Its
@@ -259,7 +272,7 @@ class TaskPipeline:
                                                 updated=now_iso())
             self._cursor = cursor
         if self.snapshots is not None:
-            self.snapshots.prune(cursor)
+            self.snapshots.prune(cursor, keep=BAND_SNAPSHOTS if self.ranks.plan.bands > 1 else 1)
 
 
 def release_free_memory() -> None:

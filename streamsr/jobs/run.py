@@ -66,17 +66,14 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def _refill_frontier(tasks: TaskList, cursor: int, pipeline: TaskPipeline, log, cursors: list[int] | None) -> None:
+def _refill_frontier(tasks: TaskList, cursor: int, pipeline: TaskPipeline, log, group: RankGroup | None,
+                     cursors: list[int] | None) -> None:
     """At a cursor inside a denoiser sweep, rebuild its frontier: from the newest snapshot of the sweep
     (jobs/snapshots.py), then by replaying the sweep's committed batches after it. With column bands
-    (`cursors`: every rank's), replay this rank's part of its stage's sweep (RankPlan.replay_span)."""
+    (`cursors`: every rank's), every band of a stage restarts from the same batch row of the stage's sweep
+    (the newest that all of them have a snapshot after: RankPlan.restart_row) and replays its own part."""
     if cursors is not None:
-        span = pipeline.ranks.plan.replay_span(cursors)
-        own = [index for index in pipeline.ranks.plan.own(span.start) if index < span.stop] if span else []
-        if own:
-            log(f"rebuilding the K/V frontiers of the bands: replaying {len(own)} batch(es) of this rank")
-        for index in own:
-            pipeline.sweeps.replay(tasks[index], pipeline.read_inputs(tasks[index]))
+        _refill_bands(tasks, pipeline, log, group, cursors)
         return
     if cursor >= len(tasks) or not tasks[cursor].is_model or tasks[cursor].batch.index == 0:
         return
@@ -92,6 +89,27 @@ def _refill_frontier(tasks: TaskList, cursor: int, pipeline: TaskPipeline, log, 
     for index in range(first, cursor):
         pipeline.sweeps.replay(tasks[index], pipeline.read_inputs(tasks[index]))
     pipeline.snapshot_policy.restart(replayed=time.monotonic() - started)  # the next crash costs no more
+
+
+def _refill_bands(tasks: TaskList, pipeline: TaskPipeline, log, group: RankGroup, cursors: list[int]) -> None:
+    plan, n = pipeline.ranks.plan, len(tasks.batches)
+    sweep = plan.stage_sweep(cursors)
+    ours = pipeline.snapshots.intact(tasks[sweep * n].sweep) if sweep is not None and pipeline.snapshots else []
+    rows = group.gather("snapshot rows", [(at - sweep * n) // tasks.batches.cols for at in ours])  # every rank calls it
+    skip = plan.restart_row(cursors, rows)
+    span = plan.replay_span(cursors, skip_rows=skip)
+    if skip:
+        at = plan.next_own(span.start)
+        tensors = pipeline.snapshots.load(tasks[at].sweep, at)
+        if tensors is None:
+            raise JobError(f"the frontier snapshot at task {at} went missing while the ranks agreed on it; relaunch")
+        pipeline.sweeps.restore(tasks[at], tensors)
+        log(f"restored the K/V frontiers of the bands from snapshots after batch row {skip} of the current sweep")
+    own = [index for index in plan.own(span.start) if index < span.stop] if span else []
+    if own:
+        log(f"rebuilding the K/V frontiers of the bands: replaying {len(own)} batch(es) of this rank")
+    for index in own:
+        pipeline.sweeps.replay(tasks[index], pipeline.read_inputs(tasks[index]))
 
 
 def _open_job(job_dir: JobDir, hold: contextlib.ExitStack, group: RankGroup | None) -> tuple[JobStore, int]:
@@ -176,7 +194,7 @@ def _run_locked(job_dir: JobDir, hold: contextlib.ExitStack, *, model_dir: Path 
                            band=ranks.plan.band, link=link)
     pipeline = TaskPipeline(store, tasks, sweeps=sweeps, finalizer=Finalizer(store, device=device, timers=timers),
                             timers=timers, ranks=ranks, policy=CommitPolicy(1, 0.0) if group else None,
-                            snapshots=SnapshotDir(spill / "snapshots") if m.bands == 1 else None)
+                            snapshots=SnapshotDir(spill / "snapshots"))
     if stray:
         log(f"removed {stray} partial file(s) left by an interrupted write")
     if ranks.writes_manifest:  # running from here on, the replay of the current sweep included
@@ -186,7 +204,7 @@ def _run_locked(job_dir: JobDir, hold: contextlib.ExitStack, *, model_dir: Path 
     clock = RunClock(dict(m.seconds), time.monotonic())
     with StopFlag() as stop:
         try:
-            _refill_frontier(tasks, cursor, pipeline, log, cursors)
+            _refill_frontier(tasks, cursor, pipeline, log, group, cursors)
             m = pipeline.run(m, stop=stop, bar=bar, clock=clock, cursor=cursor)
             if link is not None and pipeline.cursor >= len(tasks):  # the right band has taken every hand-off
                 link.flush()

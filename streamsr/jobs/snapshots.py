@@ -131,9 +131,10 @@ class SnapshotDir:
                   metadata={"sweep": sweep_name(sweep), "cursor": str(cursor), "sha256": content_hash(tensors)})
         os.replace(tmp, path)
 
-    def prune(self, cursor: int) -> None:
-        """After a commit at `cursor`: keep, per sweep, the newest snapshot a resume from there can use and
-        any newer ones (taken ahead of the commit); delete the older ones."""
+    def prune(self, cursor: int, *, keep: int = 1) -> None:
+        """After a commit at `cursor`: keep, per sweep, the newest `keep` snapshots a resume from there can
+        use and any newer ones (taken ahead of the commit); delete the older ones. (Column bands keep a few:
+        a relaunch restarts every band of a stage from a row that all of them have a snapshot of.)"""
         if not self.root.is_dir():
             return
         sweeps: dict[str, list[tuple[int, Path]]] = {}
@@ -142,29 +143,44 @@ class SnapshotDir:
             if at.isdigit():
                 sweeps.setdefault(name, []).append((int(at), path))
         for found in sweeps.values():
-            usable = [at for at, _ in found if at <= cursor]
+            usable = sorted(at for at, _ in found if at <= cursor)
             for at, path in found:
-                if usable and at < max(usable):
+                if len(usable) >= keep and at < usable[-keep]:
                     path.unlink(missing_ok=True)
 
     def latest(self, sweep: Sweep, *, first: int, cursor: int) -> tuple[int, dict[str, torch.Tensor]] | None:
         """The newest readable snapshot of `sweep` taken at a task in first+1 .. cursor, with its task."""
         for at, path in reversed(self._of(sweep)):
             if first < at <= cursor:
-                try:
-                    with safe_open(str(path), "pt") as fh:
-                        expected = (fh.metadata() or {}).get("sha256")
-                    tensors = load_file(str(path))
-                except (SafetensorError, OSError, ValueError):  # torn or damaged: an older one, or a full replay
-                    continue
-                if expected == content_hash(tensors):  # K/V are derived data: used only when intact
+                tensors = self._read(path)
+                if tensors is not None:
                     return at, tensors
         return None
 
-    def clear(self, sweep: Sweep | None = None) -> None:
-        """Delete the snapshots of `sweep` (None: all, and temp files of killed writes)."""
+    def intact(self, sweep: Sweep) -> list[int]:
+        """The tasks of the readable snapshots of `sweep` (each read and checked)."""
+        return [at for at, path in self._of(sweep) if self._read(path) is not None]
+
+    def load(self, sweep: Sweep, at: int) -> dict[str, torch.Tensor] | None:
+        """The snapshot of `sweep` taken at task `at`, if it is there and intact."""
+        return next((self._read(path) for found, path in self._of(sweep) if found == at), None)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, torch.Tensor] | None:
+        try:
+            with safe_open(str(path), "pt") as fh:
+                expected = (fh.metadata() or {}).get("sha256")
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError):  # torn or damaged: an older one, or a full replay
+            return None
+        return tensors if expected == content_hash(tensors) else None  # K/V are derived: used only when intact
+
+    def clear(self, sweep: Sweep | None = None, *, but: Sweep | None = None) -> None:
+        """Delete the snapshots of `sweep` (None: all, and temp files of killed writes; or all `but` one's)."""
         if not self.root.is_dir():
             return
         for path in self.root.iterdir():
-            if sweep is None or path.name.startswith(f"snap-{sweep_name(sweep)}-"):
+            ours = path.name.startswith(f"snap-{sweep_name(sweep)}-") if sweep is not None else True
+            spared = but is not None and path.name.startswith(f"snap-{sweep_name(but)}-")
+            if ours and not spared:
                 path.unlink(missing_ok=True)

@@ -104,24 +104,47 @@ class RankPlan:
         first = next(number for number, s in enumerate(self.tasks.sweeps) if s.kind is not TaskKind.STEPS) * n
         return tuple((r, len(self.tasks)) for r in range(self.world) if r != self.rank) if index == first else ()
 
-    def replay_span(self, cursors: list[int]) -> range:
+    def stage_sweep(self, cursors: list[int]) -> int | None:
+        """Bands: the oldest steps sweep that a band of this rank's stage is in (None: none is)."""
+        n, total = len(self.tasks.batches), len(self.tasks)
+        stage = self.rank // self.bands
+        if stage >= self.stages:
+            return None
+        current = [c // n for c in cursors[stage * self.bands:(stage + 1) * self.bands]
+                   if c < total and self.tasks[c].is_model]
+        return min(current) if current else None
+
+    def restart_row(self, cursors: list[int], rows: list[list[int]]) -> int:
+        """Bands: the batch rows of the stage's sweep (stage_sweep) that every band of the stage may skip
+        on a relaunch: the most R such that each band has a snapshot taken after its row R (`rows[r]`: the
+        rows rank r's snapshots of that sweep follow) and has done row R; 0 (replay from the sweep's start)
+        when there is none. The bands restart together because each hands the next its rows in order."""
+        sweep = self.stage_sweep(cursors)
+        if sweep is None:
+            return 0
+        n, cols = len(self.tasks.batches), self.tasks.batches.cols
+        members = range(self.rank // self.bands * self.bands, (self.rank // self.bands + 1) * self.bands)
+        common = None
+        for r in members:
+            done = min(cursors[r] - sweep * n, n) // cols if cursors[r] < (sweep + 1) * n else self.tasks.batches.rows
+            usable = {row for row in rows[r] if 0 < row <= done}
+            common = usable if common is None else common & usable
+        return max(common, default=0)
+
+    def replay_span(self, cursors: list[int], *, skip_rows: int = 0) -> range:
         """The task indices whose own tasks this rank replays when a run starts, given every rank's cursor:
         the K/V frontier of its current sweep up to its cursor. With bands, the part of its stage's oldest
-        current sweep (every band of the stage replays the same sweep from its start, so that the hand-offs
-        flow again, also from a band that has finished that sweep and waits for the others)."""
+        current sweep after its first `skip_rows` batch rows (restart_row; every band of the stage replays
+        the same sweep from the same row, so that the hand-offs flow again, also from a band that has
+        finished that sweep and waits for the others)."""
         n, total, cursor = len(self.tasks.batches), len(self.tasks), cursors[self.rank]
         if self.bands == 1:
             on_model = cursor < total and self.tasks[cursor].is_model
             return range(cursor // n * n, cursor) if on_model else range(0)
-        stage = self.rank // self.bands
-        if stage >= self.stages:
+        sweep = self.stage_sweep(cursors)
+        if sweep is None:
             return range(0)
-        current = [c // n for c in cursors[stage * self.bands:(stage + 1) * self.bands]
-                   if c < total and self.tasks[c].is_model]
-        if not current:
-            return range(0)
-        oldest = min(current)
-        return range(oldest * n, min(cursor, (oldest + 1) * n))
+        return range(sweep * n + skip_rows * self.tasks.batches.cols, min(cursor, (sweep + 1) * n))
 
     def model_blocks_before(self, cursor: int) -> int:
         """Block evaluations of this rank's tasks before its cursor."""
