@@ -187,7 +187,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for line in plan_lines(plan, cfg):
         print(line)
     channels, depth, alpha = (info.channels, info.bit_depth, "A" in info.mode) if args.input else (3, 8, False)
-    disk = store_bytes(geo, channels=channels, bit_depth=depth, alpha=alpha, vector_dim=mcfg.vector_dim)
+    disk = store_bytes(geo, channels=channels, bit_depth=depth, alpha=alpha, vector_dim=mcfg.vector_dim,
+                       ring=split.stages + 1)
     print(f"store:    job dir {format_bytes(disk)} on disk ({disk / (h * w):.0f} bytes per output pixel; "
           "plus the frontier's disk spill above)")
     if args.workers != 1:

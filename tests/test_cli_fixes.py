@@ -92,7 +92,12 @@ def test_plan_reports_the_store_on_disk(capsys):
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("store:")][0]
     assert "bytes per output pixel" in line
     per_pixel = float(line.split("(")[1].split()[0])
-    assert 45 <= per_pixel <= 60  # four float32 (1, 3, H, W) state arrays and the output: ~51 B/px
+    assert 25 <= per_pixel <= 32  # the two float32 (1, 3, H, W) state arrays a fused job writes, and the output
+    assert run_cli("plan", "--size", "1024x1024", "--device", "cpu", "--workers", "4") == 0
+    out = capsys.readouterr().out.splitlines()
+    stages = int([x for x in out if x.startswith("ranks:")][0].split()[1])
+    line = [x for x in out if x.startswith("store:")][0]
+    assert float(line.split("(")[1].split()[0]) == pytest.approx(per_pixel + 12 * (stages - 1), abs=0.6)  # the ring
 
 
 def test_quiet_prints_nothing(work, tmp_path, capfd):  # noqa: F811

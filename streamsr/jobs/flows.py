@@ -330,14 +330,14 @@ def eta_text(eta: float | None, tasks_left: int) -> str:
     return format_seconds(eta) if eta is not None else "?"
 
 
-def store_bytes(geo, *, channels: int, bit_depth: int, alpha: bool, vector_dim: int = 0) -> int:
-    """Disk bytes of a job's store (jobs/store.py): the float32 (1, 3, H, W) state arrays at the output's padded
-    size (STATE_ARRAYS), the float32 LR (and alpha), and the output array; about 50 bytes per output pixel."""
-    from .store import STATE_ARRAYS
-
+def store_bytes(geo, *, channels: int, bit_depth: int, alpha: bool, vector_dim: int = 0, ring: int = 2) -> int:
+    """Disk bytes of a job's store (jobs/store.py) made now (fused steps): the float32 (1, 3, H, W) state
+    arrays at the output's padded size that its steps sweeps write (a ring of `ring`: 2 in one process,
+    sweeps in flight + 1 on several ranks), the float32 LR (and alpha), and the output array; about 26 bytes
+    per output pixel in one process."""
     hh, hw = geo.hr_padded
     lh, lw = geo.lr_padded
-    return (len(STATE_ARRAYS) * 3 * hh * hw * 4 + (3 + alpha) * lh * lw * 4 + vector_dim * 4
+    return (max(ring, 2) * 3 * hh * hw * 4 + (3 + alpha) * lh * lw * 4 + vector_dim * 4
             + hh * hw * channels * (2 if bit_depth == 16 else 1))
 
 
