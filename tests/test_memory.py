@@ -140,3 +140,24 @@ def test_plan_command(tmp_path, capsys):
     assert "batch" in out and "frontier on" in out and "predicted peak" in out
     assert main(["plan", "--model", str(tmp_path / "m"), "--size", "4096x1024", "--ram", "10MiB"]) == 2
     assert "smallest that would" in capsys.readouterr().err
+
+
+def test_a_ranks_plan_counts_the_sweeps_in_flight_of_the_steps_it_runs():
+    """On several ranks a steps sweep may run fewer steps than the budget allows (rank_split): the plan
+    counts the frontiers of those steps' sweeps, not of the budget's, and a band's frontier, not a row's."""
+    from streamsr.config import JobConfig
+    from streamsr.jobs.manifest import Geometry
+    from streamsr.jobs.create import plan_memory
+
+    cfg = ModelConfig.tiny()
+    geo = Geometry(64, 256, cfg.block_size)
+    job = JobConfig(steps=8, sampler="euler")
+    _, solo, one = plan_memory(cfg, job, geometry=geo, auto_batch=True, auto_placement=True)
+    _, ranked, split = plan_memory(cfg, job, geometry=geo, auto_batch=True, auto_placement=True, ranks=2)
+    assert (one.stages, one.bands, split.stages, split.bands) == (1, 1, 2, 1) and split.fuse < one.fuse
+    per_sweep = solo.parts["other_sweeps"] // (memory.sweeps_in_flight(one.fuse, steps=8, sampler="euler") - 1)
+    assert ranked.parts["other_sweeps"] == (memory.sweeps_in_flight(split.fuse, steps=8, sampler="euler") - 1) * per_sweep
+    one_step = JobConfig(steps=1, sampler="euler", batch_rows=1, batch_cols=2)  # several batch columns
+    _, whole, _ = plan_memory(cfg, one_step, geometry=geo, auto_batch=False, auto_placement=True)
+    _, banded, split = plan_memory(cfg, one_step, geometry=geo, auto_batch=False, auto_placement=True, ranks=2)
+    assert split.bands == 2 and banded.parts["frontier"] < whole.parts["frontier"]

@@ -127,6 +127,8 @@ def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_b
     device_type = torch.device(cfg.device).type
 
     def plan_at(width: int, batch: tuple[int, int] | None) -> tuple[int, memory.Prediction]:
+        """One rank's plan for a band `width` pixels wide: the budget's steps per sweep and the
+        prediction of one sweep in flight."""
         try:
             pred = memory.plan(mcfg, 2 if cfg.dtype == "bf16" else 4, (geometry.hr_padded[0], width),
                                cfg.vram or None, cfg.ram or None, device_type, batch=batch,
@@ -134,8 +136,9 @@ def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_b
                                reference_attention=cfg.backend == "reference")
         except memory.BudgetError as exc:
             raise BadInput(str(exc)) from None
-        return memory.fused_plan(pred, steps=cfg.steps, sampler=cfg.sampler, vram=cfg.vram or None,
-                                 ram=cfg.ram or None, device_type=device_type)
+        fuse = memory.fused_plan(pred, steps=cfg.steps, sampler=cfg.sampler, vram=cfg.vram or None,
+                                 ram=cfg.ram or None, device_type=device_type)[0]
+        return fuse, pred
 
     fuse, pred = plan_at(geometry.hr_padded[1], None if auto_batch else (cfg.batch_rows, cfg.batch_cols))
     batches = raster_batches(geometry.grid, BatchShape(*pred.batch))
@@ -148,7 +151,9 @@ def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_b
         return plans[bands][0], plans[bands][1].placement == "device"
 
     split = rank_split(ranks, steps=cfg.steps, batch_cols=batches.cols, batches=len(batches), fuse_for=fuse_for)
-    plan = MemoryPlan.from_prediction(plans[split.bands][1], fuse=split.fuse)
+    fused = memory.fused_prediction(plans[split.bands][1], split.fuse, steps=cfg.steps, sampler=cfg.sampler,
+                                    device_type=device_type)  # the sweeps in flight of the steps it runs
+    plan = MemoryPlan.from_prediction(fused, fuse=split.fuse)
     return replace(cfg, batch_rows=plan.batch[0], batch_cols=plan.batch[1], placement=plan.placement), plan, split
 
 

@@ -196,22 +196,27 @@ def fused_plan(pred: Prediction, *, steps: int, sampler: str, vram: int | None, 
     """Sampler steps per fused steps sweep (planner.fused_sweeps) for the plan `pred`, and the plan with
     its sweeps in flight counted: the most steps whose sweeps (each with its own frontier and staging)
     fit the budgets, at most MAX_SWEEPS_IN_FLIGHT of them; at least 1."""
+    for fuse in range(steps, 0, -1):
+        if sweeps_in_flight(fuse, steps=steps, sampler=sampler) > MAX_SWEEPS_IN_FLIGHT and fuse > 1:
+            continue
+        fused = fused_prediction(pred, fuse, steps=steps, sampler=sampler, device_type=device_type)
+        if fused.fits(vram, ram, device_type) or fuse == 1:
+            return fuse, fused
+    raise ValueError("steps must be >= 1")
+
+
+def fused_prediction(pred: Prediction, fuse: int, *, steps: int, sampler: str, device_type: str) -> Prediction:
+    """The plan `pred` (one sweep in flight) with the sweeps in flight of `fuse` steps per steps sweep: each
+    holds its own frontier and staging."""
     extra_device = pred.parts.get("frontier", 0) + pred.parts.get("staging", 0)
     extra_host = pred.parts.get("frontier_host", 0) + pred.parts.get("spill_io", 0)
     if device_type == "cpu":
         extra_host += extra_device
-    for fuse in range(steps, 0, -1):
-        sweeps = sweeps_in_flight(fuse, steps=steps, sampler=sampler)
-        if sweeps > MAX_SWEEPS_IN_FLIGHT and fuse > 1:
-            continue
-        device = pred.device_bytes + (sweeps - 1) * extra_device
-        host = pred.host_bytes + (sweeps - 1) * extra_host
-        fits = (ram is None or host <= ram) and (device_type == "cpu" or vram is None or device <= vram)
-        if fits or fuse == 1:
-            parts = {**pred.parts, "other_sweeps": (sweeps - 1) * (extra_device + extra_host)}
-            return fuse, Prediction(pred.batch, pred.placement, device, host,
-                                    pred.disk_bytes * sweeps, pred.sweep_cost_blocks, parts)
-    raise ValueError("steps must be >= 1")
+    sweeps = sweeps_in_flight(fuse, steps=steps, sampler=sampler)
+    parts = {**pred.parts, "other_sweeps": (sweeps - 1) * (extra_device + extra_host)}
+    return Prediction(pred.batch, pred.placement, pred.device_bytes + (sweeps - 1) * extra_device,
+                      pred.host_bytes + (sweeps - 1) * extra_host, pred.disk_bytes * sweeps, pred.sweep_cost_blocks,
+                      parts)
 
 
 def staging_bytes(placement: str, device_type: str, reads: int, slot: int) -> int:
