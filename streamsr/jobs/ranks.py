@@ -75,6 +75,7 @@ class RankGroup:
     store: object  # torch.distributed.Store (a PrefixStore over the rendezvous TCPStore)
     timeout: float
     _beat: threading.Event = field(default_factory=threading.Event)
+    _beating: threading.Thread | None = None
 
     @classmethod
     def from_env(cls) -> "RankGroup | None":
@@ -99,7 +100,8 @@ class RankGroup:
         dist.init_process_group("gloo", store=dist.PrefixStore("pg/", tcp), rank=rank, world_size=world,
                                 timeout=timedelta(seconds=max(timeout, 300)))
         group = cls(rank, world, local_rank, store, timeout)
-        threading.Thread(target=group._heartbeat, name="streamsr-heartbeat", daemon=True).start()
+        group._beating = threading.Thread(target=group._heartbeat, name="streamsr-heartbeat", daemon=True)
+        group._beating.start()
         return group
 
     # ---- liveness --------------------------------------------------------------------------------
@@ -125,6 +127,8 @@ class RankGroup:
         import torch.distributed as dist
 
         self._beat.set()
+        if self._beating is not None:  # not inside a store call when the process exits (C++ would abort)
+            self._beating.join(timeout=BEAT_SECONDS + 5)
         if dist.is_initialized():
             dist.destroy_process_group()
 
