@@ -19,7 +19,7 @@ import pytest
 
 from conftest import tiny_model_and_image
 from streamsr.cli import main
-from streamsr.jobs.flows import held_elsewhere
+from streamsr.jobs.flows import held_elsewhere, status_lines
 from streamsr.jobs.ranks import RankFailed, RankGroup, RankLedger
 from streamsr.jobs.store import JobDir, JobError, read_manifest
 from streamsr.stream.bands import band_bound
@@ -128,6 +128,9 @@ def test_random_rank_kills_resume_to_the_same_bytes(root):
     assert any("runs on 2 ranks, not 3" in line for line in streamsr_errors(three.stderr)), three.stderr[-2000:]
     assert main(["resume", str(job.root), "-q"]) == 2
     assert str(read_manifest(job).status) != "done"
+    ranks_line = [line for line in status_lines(job.root) if line.startswith("ranks:")]
+    cursors = ", ".join(str(RankLedger(job, 2).read(r)) for r in range(2))
+    assert len(ranks_line) == 1 and f"rank cursors {cursors}" in ranks_line[0] and "--nproc-per-node 2" in ranks_line[0]
 
     def pids() -> list[int | None]:
         try:

@@ -320,7 +320,20 @@ def status_lines(job_dir) -> list[str]:
         f"settings: steps {job.steps} {job.sampler}, seed {job.seed}, batch "
         f"{job.batch_rows}x{job.batch_cols}, anchor {job.anchor}, {job.device} {job.dtype} {job.backend}",
         *plan_lines(m.plan, job),
+        *rank_lines(jd, m),
     ]
+
+
+def rank_lines(jd: JobDir, m) -> list[str]:
+    """A job run by several ranks: its split and each rank's committed cursor (ranks/rank-K.json)."""
+    if m.ranks == 1:
+        return []
+    from .ranks import RankLedger
+
+    cursors = ", ".join(str(RankLedger(jd, m.ranks).read(r)) for r in range(m.ranks))
+    stages = m.ranks // m.bands
+    return [f"ranks:    {m.ranks} ({stages} sweep(s) in flight x {m.bands} column band(s)); rank cursors {cursors}; "
+            f"resume with torchrun --nproc-per-node {m.ranks} -m streamsr resume {jd.root}"]
 
 
 def eta_text(eta: float | None, tasks_left: int) -> str:
