@@ -40,6 +40,27 @@ def test_every_task_has_one_rank_and_each_rank_runs_its_own_in_order(case):
     assert all(ranks[0].owner(i) == 0 for i in finishing)  # stats, anchor and export: rank 0
 
 
+def _run_one(tasks, ranks, cursors, version, rng, *, ring, may_start=lambda r, index: True):
+    """Run the next task of a random rank that its waits (and `may_start`) allow: check that it reads the
+    state its sweep expects and record what it writes (version: (slot, batch) -> steps sweeps done).
+    Returns the rank, the task's index and the task; the caller moves the rank's cursor on."""
+    n = len(tasks.batches)
+    ready = [r for r, plan in enumerate(ranks) if cursors[r] < len(tasks)
+             and all(cursors[u] >= c for u, c in plan.waits_for(cursors[r])) and may_start(r, cursors[r])]
+    assert ready, f"deadlock at cursors {cursors}"
+    r = rng.choice(ready)
+    index = cursors[r]
+    task = tasks[index]
+    if task.kind is TaskKind.STEPS:
+        group, b = index // n, task.batch.index
+        if group > 0:
+            assert version.get((group % ring, b)) == group, f"sweep {group} read a stale or overwritten state"
+        version[((group + 1) % ring, b)] = group + 1
+    elif task.index == tasks.first(TaskKind.ANCHOR) or task.kind is TaskKind.STATS:
+        assert all(c == len(tasks) for c in cursors[1:]), "finishing started before every rank finished"
+    return r, index, task
+
+
 def _simulate(tasks, ranks, rng, *, ring):
     """Run the ranks' tasks in a random order the waits allow, committing after each task; check that
     every read sees the state its sweep expects, now and for a replay from the start of its sweep."""
@@ -47,19 +68,7 @@ def _simulate(tasks, ranks, rng, *, ring):
     cursors = [plan.next_own(0) for plan in ranks]
     version = {}  # (slot, batch) -> the steps sweeps its content has been through
     while any(c < len(tasks) for c in cursors):
-        ready = [r for r, plan in enumerate(ranks) if cursors[r] < len(tasks)
-                 and all(cursors[u] >= c for u, c in plan.waits_for(cursors[r]))]
-        assert ready, f"deadlock at cursors {cursors}"
-        r = rng.choice(ready)
-        index = cursors[r]
-        task = tasks[index]
-        if task.kind is TaskKind.STEPS:
-            group, b = index // n, task.batch.index
-            if group > 0:
-                assert version.get((group % ring, b)) == group, f"sweep {group} read a stale or overwritten state"
-            version[((group + 1) % ring, b)] = group + 1
-        elif task.index == tasks.first(TaskKind.ANCHOR) or task.kind is TaskKind.STATS:
-            assert all(c == len(tasks) for c in cursors[1:]), "finishing started before every rank finished"
+        r, index, _ = _run_one(tasks, ranks, cursors, version, rng, ring=ring)
         cursors[r] = ranks[r].next_own(index + 1)
         for q, plan in enumerate(ranks):  # a rank resuming now replays its sweep's batches before its cursor
             c = cursors[q]
@@ -155,27 +164,12 @@ def _band_simulate(tasks, ranks, rng):
 
     def handed(r, index):  # a band's first batch of a row needs the band to its left past that row
         plan = ranks[r]
-        batch = index % n
-        if plan.band.first or batch % cols != plan.band.col0:
+        if not tasks[index].is_model or plan.band.first or index % n % cols != plan.band.col0:
             return True
-        left = index - 1  # the left band's last batch of the same row and sweep
-        return cursors[r - 1] > left
+        return cursors[r - 1] > index - 1  # the left band's last batch of the same row and sweep is done
 
     while any(c < len(tasks) for c in cursors):
-        ready = [r for r, plan in enumerate(ranks) if cursors[r] < len(tasks)
-                 and all(cursors[u] >= c for u, c in plan.waits_for(cursors[r]))
-                 and (not tasks[cursors[r]].is_model or handed(r, cursors[r]))]
-        assert ready, f"deadlock at cursors {cursors}"
-        r = rng.choice(ready)
-        index = cursors[r]
-        task = tasks[index]
-        if task.kind is TaskKind.STEPS:
-            group, b = index // n, task.batch.index
-            if group > 0:
-                assert version.get((group % ring, b)) == group, f"sweep {group} read a stale or overwritten state"
-            version[((group + 1) % ring, b)] = group + 1
-        elif task.index == tasks.first(TaskKind.ANCHOR) or task.kind is TaskKind.STATS:
-            assert all(c == len(tasks) for c in cursors[1:]), "finishing started before every rank finished"
+        r, index, task = _run_one(tasks, ranks, cursors, version, rng, ring=ring, may_start=handed)
         if task.kind is TaskKind.STEPS:
             plan = ranks[r]
             sweep, (row, col) = index // n, divmod(index % n, cols)

@@ -100,6 +100,18 @@ def test_ranks_give_the_bytes_of_one_process(root, world, steps, sampler, anchor
             assert 0 < peak <= band_bound(tasks.batches, RankPlan(tasks, r, world, bands).band) < whole
 
 
+def random_kill(job: JobDir, rng: random.Random) -> tuple[str, int]:
+    """A random rank of the job with model tasks left, one of them and a random point in it: the
+    STREAMSR_TEST_KILL spec and the rank."""
+    m = read_manifest(job)
+    tasks = m.tasks()
+    plans = [RankPlan(tasks, r, m.ranks, m.bands) for r in range(m.ranks)]
+    left = {r: [i for i in plans[r].own(RankLedger(job, m.ranks).start(plans[r], 0)) if tasks[i].is_model]
+            for r in range(m.ranks)}
+    rank = rng.choice([r for r in left if left[r]])
+    return f"{rng.choice(left[rank])}:{rng.choice(['mid-write', 'queued', 'before-commit', 'mid-commit'])}", rank
+
+
 def test_random_rank_kills_resume_to_the_same_bytes(root):
     """Chained SIGKILLs of a random rank at random task points, and one at a random moment, then the same
     command again: identical output. While the group runs, rank 0's lock covers the job. A launch with
@@ -109,19 +121,14 @@ def test_random_rank_kills_resume_to_the_same_bytes(root):
     args = upscale_args(root, "kills", opts)
     job = JobDir(root / "job-kills")
     rng = random.Random(12)
-    tasks = None
     for attempt in range(3):
-        if tasks is None:  # the first launch creates the job: kill it early, in rank 0's first sweep
+        if attempt == 0:  # the first launch creates the job: kill it early, in rank 0's first sweep
             spec, rank = "2:queued", 0
-        else:  # a random rank with model tasks left, at one of them, at a random point
-            left = {r: [i for i in RankPlan(tasks, r, 2).own(RankLedger(job, 2).start(RankPlan(tasks, r, 2), 0))
-                        if tasks[i].is_model] for r in range(2)}
-            rank = rng.choice([r for r in left if left[r]])
-            spec = f"{rng.choice(left[rank])}:{rng.choice(['mid-write', 'queued', 'before-commit', 'mid-commit'])}"
+        else:
+            spec, rank = random_kill(job, rng)
         killed = torchrun(2, args, STREAMSR_TEST_KILL=spec, STREAMSR_TEST_KILL_RANK=str(rank))
         assert killed.returncode != 0, f"launch {attempt} was not killed at {spec} on rank {rank}"
         assert "Traceback" not in "\n".join(line for line in killed.stderr.splitlines() if "streamsr" in line)
-        tasks = read_manifest(job).tasks()
     # the half-done job resumes only on as many ranks: 3 ranks, or one process, are refused, nothing changed
     three = torchrun(3, ["resume", str(job.root), "-q"])
     assert three.returncode != 0
@@ -163,23 +170,16 @@ def test_band_rank_kills_resume_to_the_same_bytes(root):
     args = upscale_args(root, "band-kills", opts)
     job = JobDir(root / "job-band-kills")
     rng = random.Random(5)
-    tasks = None
     for attempt in range(2):
-        if tasks is None:  # the launch that creates the job: rank 1 (band 1) in its second row
+        if attempt == 0:  # the launch that creates the job: rank 1 (band 1) in its second row
             spec, rank = "17:queued", 1
         else:
-            m = read_manifest(job)
-            plans = [RankPlan(tasks, r, 2, m.bands) for r in range(2)]
-            left = {r: [i for i in plans[r].own(RankLedger(job, 2).start(plans[r], 0)) if tasks[i].is_model]
-                    for r in range(2)}
-            rank = rng.choice([r for r in left if left[r]])
-            spec = f"{rng.choice(left[rank])}:{rng.choice(['mid-write', 'queued', 'before-commit', 'mid-commit'])}"
+            spec, rank = random_kill(job, rng)
         killed = torchrun(2, args, STREAMSR_TEST_KILL=spec, STREAMSR_TEST_KILL_RANK=str(rank),
                           STREAMSR_SNAPSHOT_SECONDS="always")  # frontier snapshots after every band row
         assert killed.returncode != 0, f"launch {attempt} was not killed at {spec} on rank {rank}"
         assert not [ln for ln in killed.stderr.splitlines() if ln.startswith("[rank") and "Traceback" in ln], \
             killed.stderr[-3000:]  # a survivor stops with one line, not a traceback
-        tasks = read_manifest(job).tasks()
         assert read_manifest(job).bands == 2
     assert any((job.frontier / "rank-1" / "snapshots").glob("snap-*.safetensors"))  # what a relaunch restarts from
     done = torchrun(2, args, STREAMSR_SNAPSHOT_SECONDS="always")
