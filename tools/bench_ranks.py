@@ -98,8 +98,9 @@ def traffic(args) -> None:
     import torch
 
     from streamsr.cli import main
-    from streamsr.jobs import create, shards
+    from streamsr.jobs import shards
     from streamsr.jobs.store import read_manifest
+    from streamsr.stream import ranks
 
     torch.set_num_threads(1)
     counts = {"read": 0, "write": 0}
@@ -122,15 +123,15 @@ def traffic(args) -> None:
         synthetic_image(root / "in.png", args.lr)
         for label, fuse in (("planner's F", None), ("F = 1", 1)):
             counts.update(read=0, write=0)
-            original = create.rank_fuse
+            original = ranks.rank_fuse
             if fuse is not None:
-                create.rank_fuse = lambda f, **_: 1
+                ranks.rank_fuse = lambda f, **_: 1  # what rank_split picks the steps per sweep with
             try:
                 job = root / f"job-{fuse}"
                 assert main(["upscale", str(root / "in.png"), "-o", str(root / f"out-{fuse}.png"), "--job", str(job),
                              "--steps", str(args.steps), "--sampler", args.sampler, "-q"]) == 0
             finally:
-                create.rank_fuse = original
+                ranks.rank_fuse = original
             m = read_manifest(job)
             pixels = m.geometry.hr_padded[0] * m.geometry.hr_padded[1]
             evals = m.model_blocks_done / (m.geometry.grid.rows * m.geometry.grid.cols)
