@@ -81,7 +81,7 @@ class SweepExecutor:
         self.link = link  # hand-offs to and from the neighbouring bands (jobs/kvlink.py)
         self.snapshot_row = False  # bands: snapshot after this batch row (the first band's call, handed on)
         self.fuse = m.fuse_steps
-        self.ring = m.ring  # state arrays of the steps sweeps (several ranks: one more than ranks)
+        self.ring = m.ring  # state arrays of the steps sweeps (several ranks: sweeps in flight + 1)
         self._sweep: Sweep | None = None  # the task sweep being run
         self._frontiers: dict[Sweep, tuple[Frontier, torch.Tensor]] = {}  # its denoiser sweeps: frontier, (1, C) emb
         self._peak_blocks = 0.0  # the most K/V any closed frontier of this run held
