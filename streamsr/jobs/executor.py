@@ -27,7 +27,7 @@ from ..core.model import InfDiT
 from ..core.noise import block_noise
 from ..core.resample import upsample_region
 from ..core.sampler import euler_step, heun_correct, lr_noise_init, to_d
-from ..stream.bands import Band, band_bound, band_plan
+from ..stream.bands import Band, band_bound, band_plan, split_bands
 from ..stream.engine import denoise_batch
 from ..stream.frontier import Frontier
 from ..stream.handoff import put_received, take_sent
@@ -59,7 +59,7 @@ class SweepExecutor:
     """Runs the model tasks of one job; holds the model, the schedule and the current sweep's frontier."""
 
     def __init__(self, store: JobStore, model: InfDiT, *, vector: torch.Tensor | None, device: torch.device,
-                 timers: Timers, spill: Path | None = None, band: Band = Band(0, 1, 0, 1),
+                 timers: Timers, spill: Path | None = None, band: Band | None = None,
                  link: KVLink | None = None):
         m = store.manifest
         self.store = store
@@ -76,6 +76,7 @@ class SweepExecutor:
         self.grid = m.geometry.grid
         self.shape = m.batch_shape
         self.batches = raster_batches(self.grid, self.shape)
+        band = band or split_bands(self.batches.cols, 1)[0]  # default: the whole row
         self.plan = band_plan(self.batches, band)  # this rank's column band (the whole row without bands)
         self.bound = band_bound(self.batches, band)  # blocks of K/V its frontiers hold at most
         self.link = link  # hand-offs to and from the neighbouring bands (jobs/kvlink.py)
