@@ -86,6 +86,7 @@ class SweepExecutor:
         self._sweep: Sweep | None = None  # the task sweep being run
         self._frontiers: dict[Sweep, tuple[Frontier, torch.Tensor]] = {}  # its denoiser sweeps: frontier, (1, C) emb
         self._peak_blocks = 0.0  # the most K/V any closed frontier of this run held
+        self._batch_plan = None  # the current batch's plan: every sweep in flight of a steps task runs it
 
     # ---- reads (any thread: they touch the store only) -------------------------------------------
     def inputs(self, task: Task, reader: ShardReader, timers: Timers) -> TaskInputs:
@@ -198,7 +199,9 @@ class SweepExecutor:
         """D(x; sigma) of the batch's blocks in sweep `sub`, x (1, 3, h, w): (1, 3, h, w) float32 on the device."""
         frontier, emb = self._frontier(task, sub, sigma)
         batch = task.batch
-        plan = self.plan.batch_plan(batch)
+        if self._batch_plan is None or self._batch_plan.batch != batch:  # planned once per batch, not per sweep
+            self._batch_plan = self.plan.batch_plan(batch)
+        plan = self._batch_plan
         tag = HandoffTag(int(sub.kind is TaskKind.CORRECT), sub.step, batch.index // self.batches.cols)
         if plan.receive:  # column bands: the K/V of the band to the left, for this batch row
             with self.timers("handoff"):
