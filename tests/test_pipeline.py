@@ -17,6 +17,7 @@ from PIL import Image
 from test_job import final_state, read_manifest, run_cli, run_sub
 
 from streamsr.config import ModelConfig
+from streamsr.jobs import pipeline
 from streamsr.jobs.blockio import BlockWrite
 from streamsr.jobs.pipeline import CommitPolicy
 from streamsr.jobs.progress import Timers
@@ -84,6 +85,29 @@ def test_shard_writer_writes_whole_shards_and_reports_what_is_durable(tmp_path):
     assert writer.durable(len(boxes)) == len(boxes) and writer.buffered_bytes() == 0
     assert np.array_equal(store.array("state0")[...], value.numpy())
     assert np.array_equal(store.array("output")[...], pixels)
+
+
+def test_shard_writer_writes_a_whole_shard_at_once_without_a_buffer(tmp_path):
+    """Batches aligned with shards (the usual case) write each shard straight from the task's tensor."""
+    store = a_store(tmp_path)
+    writer = ShardWriter(store, timers=Timers())
+    value = torch.randn(1, 3, 40, 56)  # (1, 3, 40, 56)
+    for task, (y0, y1, x0, x1) in enumerate([(0, 16, 0, 24), (32, 40, 48, 56), (16, 32, 24, 48)]):  # shards
+        writer.write(task, [BlockWrite("state0", (y0, y1, x0, x1), value[..., y0:y1, x0:x1])])
+        assert writer.durable(task + 1) == task + 1 and writer.buffered_bytes() == 0
+        assert np.array_equal(store.array("state0")[:, :, y0:y1, x0:x1], value[..., y0:y1, x0:x1].numpy())
+    writer.write(3, [BlockWrite("state0", (0, 8, 24, 32), value[..., 0:8, 24:32])])  # part of a shard: buffered
+    assert writer.durable(4) == 3 and writer.buffered_bytes() > 0
+
+
+def test_freed_memory_kept_for_reuse_fits_the_ram_budget():
+    reuse = pipeline.reuse_bytes
+    assert reuse(0, 10 << 30) == pipeline.REUSE_BYTES  # no budget
+    assert reuse(1 << 30, None) == pipeline.REUSE_BYTES  # a manifest of an early version: no plan
+    assert reuse(1 << 30, (1 << 30) - (10 << 20)) == 10 << 20  # what the budget leaves above the plan
+    assert reuse(1 << 30, 2 << 30) == 0
+    pipeline.release_free_memory(keep=pipeline.REUSE_BYTES)  # a no-op or a trim, never an error
+    pipeline.release_free_memory()
 
 
 def test_shard_writer_flush_of_a_partial_shard_keeps_the_rest(tmp_path):

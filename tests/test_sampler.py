@@ -78,3 +78,21 @@ def test_sample_same_whatever_the_mode_and_batch():
     assert (other - ref).abs().max() > 1e-3
     euler = api.sample(tiny_model, lr, vector=vector, steps=3, sampler="euler", seed=11, mode="full")
     assert (euler - ref).abs().max() > 1e-4
+
+
+def test_preconditioning_gives_the_bits_of_the_sampler_functions():
+    """denoiser.Preconditioning evaluates sampler.network_input / denoised with fewer temporaries: the same
+    operations in the same order, so the same bits, in both parametrisations; its inputs are left alone."""
+    from streamsr.core.denoiser import Preconditioning
+    from streamsr.core.sampler import denoised, network_input
+
+    gen = torch.Generator().manual_seed(3)
+    x, up, f = (torch.randn(2, 3, 3, 8, 8, generator=gen) for _ in range(3))
+    kept = [t.clone() for t in (x, up, f)]
+    for residual in (False, True):
+        pc = precond(torch.tensor([0.3, 7.0]), 0.5)
+        c_in, c_skip, c_out = (c[:, None, None, None, None] for c in (pc.c_in, pc.c_skip, pc.c_out))
+        pre = Preconditioning(c_in=c_in, c_skip=c_skip, c_out=c_out, residual=residual)
+        assert torch.equal(pre.network_input(x, up), network_input(x, up, c_in, residual=residual))
+        assert torch.equal(pre.denoised(x, up, f), denoised(x, up, f, c_skip, c_out, residual=residual))
+        assert all(torch.equal(a, b) for a, b in zip((x, up, f), kept))

@@ -22,6 +22,31 @@ Models:
   shipped  the model shipped in streamsr/models/default (its own 64 px blocks)
 Cases: SAMPLER:STEPS (euler:1 is one block evaluation per block).
 
+Measured after the engine-path work (2026-12-01, this 2-core CPU, no GPU; training paused with SIGSTOP, no
+other job or test running, load average 1.2-1.8 from before the pause; HEAD before the change and after run
+alternately, 3 runs each (2 for shipped), median [range]; `--reference-lr 0`, auto batch: 2x32 for zero128):
+
+    model    case     LR    before            after, anchor in the     after (anchor timed as finalize,
+                                              sampler wall (as before)  as this docstring always said)
+    zero128  euler:1  1024  221 [214-227]/s   291 [260-351]/s           394 [388-446]/s, overhead 1.29 ms
+                            overhead 2.07 ms                            [0.82-1.35] (model 1.19-1.42 ms)
+    zero64   euler:1  1024  586 [564-609]/s   769 [721-787]/s           1248 [1235-1404]/s, 0.15 ms
+    shipped  euler:1   512  52/s, 1.1-1.3 ms  61-65/s, 0.73 ms          58-59/s, 0.31-0.33 ms (model 15-17 ms)
+
+What changed: freed memory is kept for reuse during a run (up to 512 MiB, less under --ram: jobs/pipeline.py;
+before, every commit gave it back and every batch faulted its tensors in again, 4 KiB pages: a third of the
+job's CPU time was system time); the device K/V frontier is two slot tensors, so a batch's kept blocks go in
+and its reads come out with one indexed copy per layer (stream/slots.py DeviceSlots; 543 -> 247 torch calls per
+2x32 batch on the compute thread for zero128, 1702 -> 509 for shipped); the LR windows are strided views of
+one canvas (527 -> 96 calls per batch on the I/O thread); preconditioning in place; the final linear in
+pixel-major order (the unpatchify copies runs of p pixels); a write that is one whole shard goes out without
+the shard buffer. The anchor tasks were in the sampler wall although the definition above puts them in
+finalize; they are now timed as finalize (~0.9 ms per 128-px output block at euler:1, once per job). Still
+short of 500/s for zero128 euler:1: the steps sweep is CPU-bound on both cores (the I/O thread draws x_T's
+noise, 64 per-block randn calls, ~0.5 ms per block, and upsamples the LR, ~0.3; zarr writes ~0.5), the main
+thread waits 0.6-1.1 ms per eval for it. Peak RSS at batch 8x8: 1238 MiB at LR 1024, 1289 at LR 2048 (before:
+1186, 1219): flat with size, ~50 MiB above HEAD (the kept memory). The `write` column also holds the export.
+
 Measured (2026-12-01, this 2-core CPU, no GPU; training paused with SIGSTOP, nothing else running;
 `--models zero128,zero64 --cases euler:1,euler:4,heun:2 --lr 1024`, auto batch 8x8 / 8x16):
 

@@ -79,16 +79,29 @@ class LRRegion:
 
 
 def lr_windows(lr, blocks: list[tuple[int, int]], cfg: ModelConfig) -> LRWindows:
-    """Windows of N blocks: pixels (B, N, 3, 3L, 3L), inside (N, 3L/lp, 3L/lp).
+    """Windows of N blocks: pixels (B, N, 3, 3L, 3L), inside (N, 3L/lp, 3L/lp); equal to `lr_window` of
+    each block.
 
-    The union of the windows is read from `lr` once (one store read per batch, not one per block);
-    `lr` may be an LRRegion that holds them.
+    The union of the windows is read from `lr` once (one store read per batch, not one per block) into a
+    zero canvas one LR block larger on every side; every window is then a strided view of it, and one
+    indexed copy takes the blocks' windows (a fixed number of tensor ops whatever N is). `lr` may be an
+    LRRegion that holds them.
     """
-    size = cfg.lr_block_size
+    size, lp = cfg.lr_block_size, cfg.lr_patch
     h, w = lr.shape[-2:]
     rows = [r for r, _ in blocks]
     cols = [c for _, c in blocks]
-    region = LRRegion(lr, max((min(rows) - 1) * size, 0), min((max(rows) + 2) * size, h),
-                     max((min(cols) - 1) * size, 0), min((max(cols) + 2) * size, w))
-    pairs = [lr_window(region, blk, cfg) for blk in blocks]
-    return LRWindows(torch.stack([p for p, _ in pairs], dim=1), torch.stack([m for _, m in pairs]))
+    r0, c0 = min(rows), min(cols)
+    y0, y1, x0, x1 = (r0 - 1) * size, (max(rows) + 2) * size, (c0 - 1) * size, (max(cols) + 2) * size
+    ya, yb, xa, xb = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+    region = LRRegion(lr, ya, yb, xa, xb).data  # (B, 3, yb - ya, xb - xa)
+    canvas = region.new_zeros(*region.shape[:-2], y1 - y0, x1 - x0)  # (B, 3, Hc, Wc) zero outside the image
+    canvas[..., ya - y0:yb - y0, xa - x0:xb - x0] = region
+    inside = torch.zeros((y1 - y0) // lp, (x1 - x0) // lp, dtype=torch.bool, device=region.device)  # (Hc/lp, Wc/lp)
+    inside[(ya - y0) // lp:(yb - y0) // lp, (xa - x0) // lp:(xb - x0) // lp] = True
+    views = canvas.unfold(-2, 3 * size, size).unfold(-2, 3 * size, size)  # (B, 3, nr, nc, 3L, 3L) views
+    masks = inside.unfold(0, 3 * size // lp, size // lp).unfold(1, 3 * size // lp, size // lp)  # (nr, nc, 3L/lp, 3L/lp)
+    r = torch.tensor(rows, device=region.device) - r0  # (N,)
+    c = torch.tensor(cols, device=region.device) - c0  # (N,)
+    pixels = views.permute(0, 2, 3, 1, 4, 5)[:, r, c]  # (B, N, 3, 3L, 3L)
+    return LRWindows(pixels, masks[r, c])  # (B, N, 3, 3L, 3L), (N, 3L/lp, 3L/lp)

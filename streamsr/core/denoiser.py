@@ -1,6 +1,7 @@
 """The denoiser D around the network F: EDM preconditioning, and the full-image reference computation.
 
-`Preconditioning` turns x into what the network sees and F into D (sampler.network_input / denoised),
+`Preconditioning` turns x into what the network sees and F into D (sampler.network_input / denoised,
+evaluated with fewer temporaries: tests/test_sampler.py checks the bits are the same),
 in the model's parametrisation (ModelConfig.parametrisation): the official image form
 D = c_skip x + c_out F(c_in [x, up]), or streamsr's residual form around the upsampled LR
 D = up + c_skip (x - up) + c_out F([c_in (x - up), up]). `embedding` is the per-call embedding at sigma.
@@ -21,7 +22,7 @@ from .attention import get_kernel
 from .conditioning import lr_windows
 from .grid import Grid, blocks_to_image, image_to_blocks, neighbors
 from .model import Gather, InfDiT
-from .sampler import denoised, network_input, precond
+from .sampler import precond
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,22 @@ class Preconditioning:
         return cls(c_in=c_in, c_skip=c_skip, c_out=c_out, residual=model.cfg.parametrisation == "residual")
 
     def network_input(self, x: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        """x, up (B, N, 3, bs, bs) noisy HR and upsampled LR -> what F sees (B, N, 6, bs, bs) float32."""
-        return network_input(x, up, self.c_in, residual=self.residual)
+        """x, up (B, N, 3, bs, bs) noisy HR and upsampled LR -> what F sees (B, N, 6, bs, bs) float32:
+        sampler.network_input's operations in its order (the same bits), scaling the new tensors in place
+        (one pixel-sized temporary fewer per call)."""
+        x, up = x.float(), up.float()
+        if self.residual:  # [c_in (x - up), up]
+            return torch.cat([(x - up).mul_(self.c_in), up], dim=-3)  # (B, N, 6, bs, bs)
+        return torch.cat([x, up], dim=-3).mul_(self.c_in)  # (B, N, 6, bs, bs) = [x, up] * c_in
 
     def denoised(self, x: torch.Tensor, up: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        """D from the network output f (B, N, 3, bs, bs): (B, N, 3, bs, bs) float32."""
-        return denoised(x, up, f, self.c_skip, self.c_out, residual=self.residual)
+        """D from the network output f (B, N, 3, bs, bs): (B, N, 3, bs, bs) float32; sampler.denoised's
+        operations in its order (the same bits), summed in place."""
+        x, f = x.float(), f.float()
+        if self.residual:  # up + c_skip (x - up) + c_out f
+            up = up.float()
+            return (x - up).mul_(self.c_skip).add_(up).add_(self.c_out * f)  # (B, N, 3, bs, bs)
+        return (self.c_skip * x).add_(self.c_out * f)  # (B, N, 3, bs, bs) = c_skip x + c_out f
 
 
 def embedding(model: InfDiT, sigma: torch.Tensor, vector: torch.Tensor | None) -> torch.Tensor:

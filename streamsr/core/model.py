@@ -150,9 +150,13 @@ class FinalLayer(nn.Module):
         h = F.layer_norm(h, (cfg.hidden,), eps=cfg.norm_eps)  # (B, N, T, C) the transformer's final LN
         h = F.layer_norm(h, (cfg.hidden,), eps=cfg.norm_eps)  # (B, N, T, C) the final layer's own LN
         shift, scale = self.adaln(cond).chunk(2, dim=-1)  # (B, C) each
-        out = self.linear(modulate(h, shift, scale))  # (B, N, T, p*p*3)
         s, p = cfg.block_tokens_side, cfg.patch_size
-        return rearrange(out, "b n (y x) (p q c) -> b n c (y p) (x q)", y=s, x=s, p=p, q=p, c=3)  # (B, N, 3, bs, bs)
+        # the linear's outputs are ordered (p q c) (the official unpatchify); computed in (c p q) order, each
+        # output row comes out whole and the unpatchify below copies runs of p pixels, not single ones
+        weight = rearrange(self.linear.weight, "(p q c) k -> (c p q) k", p=p, q=p, c=3)  # (3*p*p, C)
+        bias = rearrange(self.linear.bias, "(p q c) -> (c p q)", p=p, q=p, c=3)  # (3*p*p,)
+        out = F.linear(modulate(h, shift, scale), weight, bias)  # (B, N, T, 3*p*p)
+        return rearrange(out, "b n (y x) (c p q) -> b n c (y p) (x q)", y=s, x=s, p=p, q=p, c=3)  # (B, N, 3, bs, bs)
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,9 @@ class TaskPipeline:
         self._committed = manifest
         self._cursor = manifest.cursor if cursor is None else cursor  # this process's last committed cursor
         self._last_commit = time.monotonic()
+        plan = self.store.manifest.plan
+        self._keep_free = reuse_bytes(self.store.manifest.job.ram, None if plan is None else plan.host_bytes)
+        keep_freed_memory(self._keep_free)
         io = IOThread()
         switch = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)  # the I/O thread gets the GIL sooner when it has work
@@ -194,7 +197,8 @@ class TaskPipeline:
                         queued.append(io.submit(self._snapshot, task, following, tensors, time.monotonic() - started))
                         snapshot_commit = True
                 elif task.kind is TaskKind.ANCHOR:
-                    writes = self.finalizer.anchor(task.batch, moments)
+                    with self.timers("finalize"):  # one-time work, as stats and export (tools/bench_engine.py)
+                        writes = self.finalizer.anchor(task.batch, moments)
                     queued.append(io.submit(self.writer.write, index, writes))
                     kill_point(index, "queued")
                 elif task.kind in (TaskKind.STATS, TaskKind.EXPORT):  # they read the store: all before is on disk
@@ -216,7 +220,7 @@ class TaskPipeline:
                 if (sweep_end or snapshot_commit or stop.signal is not None or index + 1 - self._cursor >= self.policy.every_tasks
                         or now - self._last_commit >= self.policy.every_seconds):
                     self._last_commit = now
-                    release_free_memory()
+                    release_free_memory(keep=self._keep_free)
                     queued.append(io.submit(self._commit, index + 1, moments, dict(self.timers.seconds), clock))
                     if sweep_end and task.is_model and self.snapshots and self.ranks.plan.bands == 1:
                         queued.append(io.submit(self.snapshots.clear, task.sweep))  # bands: when the next starts
@@ -232,6 +236,7 @@ class TaskPipeline:
         finally:
             io.shutdown()
             sys.setswitchinterval(switch)
+            release_free_memory()
         return self._committed
 
     def _row_end(self, task: Task) -> bool:
@@ -275,20 +280,61 @@ class TaskPipeline:
             self.snapshots.prune(cursor, keep=BAND_SNAPSHOTS if self.ranks.plan.bands > 1 else 1)
 
 
-def release_free_memory() -> None:
-    """Give freed heap memory back to the OS (glibc keeps it otherwise, and RSS creeps up with the
-    image width, tools/bench_memory.py); a no-op where malloc_trim does not exist."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
+def _libc():
+    """glibc, or False elsewhere."""
+    global _LIBC
+    if _LIBC is None:
         try:
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
+            libc = ctypes.CDLL("libc.so.6")
+        except OSError:
+            libc = None
+        _LIBC = libc if libc is not None and hasattr(libc, "malloc_trim") else False
+    return _LIBC
 
 
-_MALLOC_TRIM = None
+def keep_freed_memory(keep: int) -> None:
+    """Let glibc keep up to `keep` bytes of freed memory for reuse instead of handing large blocks back to
+    the OS as they are freed (its default once a block of tens of MB was freed: every batch's tensors are
+    then mapped and faulted in again, 4 KiB at a time, a third of a small model's task time in the
+    kernel). Blocks under 64 MiB come from the heap; `release_free_memory(keep=...)` bounds what stays.
+    Process-wide (the settings outlive the run); a no-op off glibc."""
+    libc = _libc()
+    if libc and hasattr(libc, "mallopt") and keep > 0:  # keep 0 (a tight --ram budget): glibc as it is
+        libc.mallopt(M_MMAP_THRESHOLD, HEAP_BLOCKS_BELOW)
+        libc.mallopt(M_TRIM_THRESHOLD, keep)  # free memory at the top of a heap is given back beyond this
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def release_free_memory(*, keep: int = 0) -> None:
+    """Give freed heap memory back to the OS (glibc keeps it otherwise, and RSS creeps up with the image
+    width, tools/bench_memory.py) once more than `keep` bytes of it are free; a no-op where malloc_trim
+    does not exist. Below `keep` it stays for the next batches' tensors (`keep_freed_memory`)."""
+    libc = _libc()
+    if not libc:
+        return
+    if keep > 0 and hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype = _MallInfo2
+        if libc.mallinfo2().fordblks <= keep:
+            return
+    libc.malloc_trim(0)
+
+
+def reuse_bytes(ram: int, predicted_host: int | None) -> int:
+    """Freed memory a run keeps for reuse (`release_free_memory`): REUSE_BYTES, or less when a --ram budget
+    leaves less room above the plan's predicted host bytes."""
+    if ram <= 0 or predicted_host is None:
+        return REUSE_BYTES
+    return max(0, min(REUSE_BYTES, ram - predicted_host))
+
+
+REUSE_BYTES = 512 << 20  # bytes: more than a small model's batch allocates and frees (~320 MB at 2x32 128-px blocks)
+HEAP_BLOCKS_BELOW = 64 << 20  # bytes
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_LIBC = None
 
 
 def now_iso() -> str:

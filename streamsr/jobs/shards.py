@@ -3,7 +3,8 @@
 A job's block arrays are sharded (store.shard_grid: one file per shard of blocks, aligned to the job's
 block batches), so an 8192^2 job makes a few hundred files instead of tens of thousands. zarr-python rewrites a whole shard on every partial write
 (read-modify-write) and is not safe for concurrent partial writes to one shard, so `ShardWriter` keeps
-each shard being filled in a buffer and writes it whole, once, when its last block arrives.
+each shard being filled in a buffer and writes it whole, once, when its last block arrives (a write that
+is exactly one whole shard, the usual case when batches and shards are aligned, goes out at once).
 
 Durability: a task's writes are on disk once every shard it wrote into has been written. `durable(next)`
 is the first task whose writes may still be in a buffer: the cursor may be committed up to it, never past
@@ -73,8 +74,12 @@ class ShardWriter:
             for sx in range(x0 // sw, (x1 - 1) // sw + 1):
                 key = (item.name, sy, sx)
                 shard = self._open.get(key)
+                size = (min(sh, height - sy * sh), min(sw, width - sx * sw))
+                if shard is None and tuple(item.box) == (sy * sh, sy * sh + size[0], sx * sw, sx * sw + size[1]):
+                    with disk_errors(self.store.dir.store / item.name):  # exactly one whole shard: no buffer
+                        self.store.write(item.name, item.box, value)
+                    continue
                 if shard is None:
-                    size = (min(sh, height - sy * sh), min(sw, width - sx * sw))
                     shape = (*size, array.shape[2]) if spatial else (*array.shape[:2], *size)
                     shard = self._open[key] = _Shard((sy * sh, sx * sw), size, np.empty(shape, array.dtype), task)
                 oy, ox = shard.origin

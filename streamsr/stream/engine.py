@@ -3,7 +3,9 @@
 `denoise_batch` executes one batch's `BatchPlan` (planner.py): it stages the batch's reads, runs the
 network layer by layer with a gather that only reads (each block's key slots from [the batch's own K/V,
 then the reads]), and after each layer does the frontier bookkeeping itself: drop what this batch was
-the last to read, put what later batches will read. At the end it stages the next batch's reads.
+the last to read, put what later batches will read. At the end it stages the next batch's reads. Per
+layer that is a fixed number of tensor ops whatever the batch size (the reads come out of the frontier
+stacked, the kept blocks go in as one tensor), so the compute thread spends little time in Python.
 `denoise_stream` sweeps an in-memory image with it. The result equals the full-image computation
 (core/denoiser.denoise_full) to fp32 round-off.
 """
@@ -41,10 +43,12 @@ def pool_gather(frontier: Frontier, reads: tuple[Block, ...], slots: torch.Tenso
     are the pool indices of each block's key slots. Reads the frontier, changes nothing."""
 
     def gather(layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        outside = [frontier.get(blk, layer) for blk in reads]  # (B, T, H, D) pairs
-        k_pool = torch.cat([k, *(kk[:, None] for kk, _ in outside)], dim=1)  # (B, N + R, T, H, D)
-        v_pool = torch.cat([v, *(vv[:, None] for _, vv in outside)], dim=1)  # (B, N + R, T, H, D)
-        return k_pool[:, slots], v_pool[:, slots]  # (B, N, 4, T, H, D) each
+        if not reads:
+            return k[:, slots], v[:, slots]  # (B, N, 4, T, H, D) each
+        k_reads, v_reads = frontier.gather(reads, layer)  # (B, R, T, H, D) each
+        k_slots = torch.cat([k, k_reads], dim=1)[:, slots]  # (B, N, 4, T, H, D) from the pool (B, N + R, ...)
+        del k_reads
+        return k_slots, torch.cat([v, v_reads], dim=1)[:, slots]  # (B, N, 4, T, H, D) each
 
     return gather
 
@@ -58,11 +62,13 @@ def denoise_batch(model: InfDiT, x: torch.Tensor, up: torch.Tensor, *, sigma: to
     on x's device; plan: the batch's plan; frontier: the sweep's K/V frontier.
     """
     blocks = plan.batch.blocks()
-    own = {blk: i for i, blk in enumerate(blocks)}  # block -> its index in x
     pre = Preconditioning.at(sigma, model)
     frontier.prefetch(plan.reads)  # host/disk placements: every layer of the reads onto the device
     ctx = model.context(emb, windows.pixels, windows.inside, blocks=blocks, kernel=kernel)
     slots = torch.tensor(plan.slots).to(x.device, non_blocking=True)  # (N, 4); no sync on CUDA
+    if plan.keep:
+        own = {blk: i for i, blk in enumerate(blocks)}  # block -> its index in x
+        keep = torch.tensor([own[blk] for blk in plan.keep]).to(x.device, non_blocking=True)  # (K,)
     gather = pool_gather(frontier, plan.reads, slots)
     inp = pre.network_input(x, up).to(model.dtype)  # (B, N, 6, bs, bs), held to the end as in denoise_full
     h = model.embed_tokens(inp)  # (B, N, T, C)
@@ -70,8 +76,8 @@ def denoise_batch(model: InfDiT, x: torch.Tensor, up: torch.Tensor, *, sigma: to
         h, k, v = model.layer(layer, h, ctx, gather=gather)  # h (B, N, T, C); k, v (B, N, T, H, D)
         for blk in plan.drop:  # this batch was their last reader
             frontier.drop(blk, layer)
-        for blk in plan.keep:  # later batches read these
-            frontier.put(blk, layer, k[:, own[blk]].clone(), v[:, own[blk]].clone())
+        if plan.keep:  # later batches read these
+            frontier.put_many(plan.keep, layer, k.index_select(1, keep), v.index_select(1, keep))  # (B, K, T, H, D)
         del k, v  # not held through the next layer
     d = pre.denoised(x, up, model.head(h, ctx))  # (B, N, 3, bs, bs) float32
     frontier.release_staged()

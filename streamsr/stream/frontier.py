@@ -6,12 +6,15 @@ it and puts the new batch's entries layer by layer, as the batch's plan says, so
 holds more than `capacity` blocks' worth of K/V; `put` enforces that bound.
 
 Where the entries live is the plan's placement (memory.py):
-  device  on the compute device;
+  device  on the compute device, in two tensors (K, V) of `capacity` slots allocated at the first put
+          (slots.DeviceSlots): a batch's entries go in with one indexed copy per layer (`put_many`) and its
+          reads come out with one (`gather`);
   host    in one host buffer of `capacity` slots allocated at the first put (pinned on CUDA, carved into
           views: slots.py), copied to the device for the batch that reads them;
   disk    in raw files under a spill dir, read back for the batch that reads them.
-`prefetch(blocks)` stages the entries of the given blocks on the device ahead of use; `get` hands them
-to the compute stream; `release_staged()` frees them after the batch. The copies go through a copier
+`prefetch(blocks)` stages the entries of the given blocks on the device ahead of use; `get` (one entry) and
+`gather` (a batch's reads at one layer, stacked) hand them to the compute stream; `release_staged()`
+frees them after the batch. The copies go through a copier
 (copies.py): synchronous on the CPU, on a side stream with events on CUDA. With an asynchronous copier:
   - `put` copies device -> host without waiting (host: into the entry's slot; disk: into a small pinned
     bounce buffer, written to its file once the copy is done, `_flush_spills`) and keeps the device
@@ -32,7 +35,7 @@ import torch
 from ..core.grid import Block
 from .copies import SyncCopier, copier_for
 from .memory import BOUNCE_BLOCKS, PLACEMENTS
-from .slots import SlotBuffer
+from .slots import DeviceSlots, SlotBuffer
 
 
 class FrontierOverflow(RuntimeError):
@@ -45,12 +48,10 @@ def _nbytes(t: torch.Tensor) -> int:
 
 @dataclass
 class _Entry:
-    """One stored entry: device tensors (device), a host slot (host), or a spill file (disk)."""
+    """One stored entry: a device slot (device), a host slot (host), or a spill file (disk)."""
 
     nbytes: int
-    k: torch.Tensor | None = None  # (B, T, H, D), device placement
-    v: torch.Tensor | None = None
-    slot: int | None = None  # host slot; disk: bounce slot while the spill write is pending
+    slot: int | None = None  # device or host slot; disk: bounce slot while the spill write is pending
     event: object = None  # the device -> host copy into the slot (None: done, or synchronous)
     path: Path | None = None  # disk placement
 
@@ -98,6 +99,7 @@ class Frontier:
         self._shape: tuple[int, ...] | None = None  # every entry's K shape (B, T, H, D) and dtype
         self._dtype: torch.dtype | None = None
         self._host: SlotBuffer | None = None  # host placement: every entry's slot; disk: the bounce slots
+        self._device = DeviceSlots(self.capacity_entries) if placement == "device" else None
         self._buffers: list[SlotBuffer] = []
         self._finalizer = weakref.finalize(self, _release, self.copier, self._buffers)
         self.held_bytes = 0  # wherever the entries live
@@ -127,22 +129,36 @@ class Frontier:
         self._recent.clear()
         self._staged.clear()
         self.staged_bytes = 0
+        if self._device is not None:
+            self._device.release()
         self._finalizer()
 
     # ---- storing ------------------------------------------------------------------------------------
     def put(self, block: Block, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store one block's K, V (B, T, H, D) at one layer."""
-        key = (block, layer)
-        if key in self._entries:
-            raise FrontierOverflow(f"frontier already holds block {block} at layer {layer}")
-        if len(self._entries) + 1 > self.capacity_entries:
-            raise FrontierOverflow(f"frontier bound exceeded: {len(self._entries) + 1} entries > "
+        """Store one block's K, V (B, T, H, D) at one layer (copied, except by an asynchronous copier)."""
+        self.put_many((block,), layer, k[:, None], v[:, None])
+
+    def put_many(self, blocks, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the K, V (B, E, T, H, D) of E blocks at one layer; entry i is k[:, i], v[:, i]."""
+        keys = [(block, layer) for block in blocks]
+        for key in keys:
+            if key in self._entries:
+                raise FrontierOverflow(f"frontier already holds block {key[0]} at layer {layer}")
+        if len(self._entries) + len(keys) > self.capacity_entries or len(set(keys)) < len(keys):
+            raise FrontierOverflow(f"frontier bound exceeded: {len(self._entries) + len(keys)} entries > "
                                    f"{self.capacity_entries} ({self.capacity_entries // self.layers} blocks "
                                    f"x {self.layers} layers)")
-        entry = _Entry(_nbytes(k) + _nbytes(v))
         if self.placement == "device":
-            entry.k, entry.v = k, v
-        elif self.placement == "host":
+            nbytes = (_nbytes(k) + _nbytes(v)) // max(len(keys), 1)
+            for key, slot in zip(keys, self._device.put(k, v)):
+                self._add(key, _Entry(nbytes, slot=slot))
+            return
+        for i, key in enumerate(keys):
+            self._put_one(key, k[:, i], v[:, i])
+
+    def _put_one(self, key: tuple[Block, int], k: torch.Tensor, v: torch.Tensor) -> None:
+        entry = _Entry(_nbytes(k) + _nbytes(v))
+        if self.placement == "host":
             buf = self._buffer(k, self.capacity_entries)
             entry.slot = buf.slots.alloc()
             entry.event = self.copier.to_host(buf.view(entry.slot), k, v)
@@ -157,10 +173,13 @@ class Frontier:
                 self._pending.append(key)
             else:
                 self._write(entry.path, k, v)
-        self._entries[key] = entry
         if self.asynchronous:  # kept on the device until the batch boundary (`prefetch`)
             self._recent[key] = _Staged(k, v, entry.nbytes)
             self._count_staged(entry.nbytes)
+        self._add(key, entry)
+
+    def _add(self, key: tuple[Block, int], entry: _Entry) -> None:
+        self._entries[key] = entry
         self.held_bytes += entry.nbytes
         self.peak_bytes = max(self.peak_bytes, self.held_bytes)
         self.peak_entries = max(self.peak_entries, len(self._entries))
@@ -241,7 +260,7 @@ class Frontier:
         if entry is None:
             raise KeyError(f"frontier has no K/V for block {block} at layer {layer}")
         if self.placement == "device":
-            return entry.k, entry.v
+            return self._device.view(entry.slot)
         staged = self._staged.get(key) or self._recent.get(key)
         if staged is None:  # not prefetched: copy it now
             base, event = self.copier.to_device(self._source(key), self.device)  # (2, B, T, H, D)
@@ -252,6 +271,16 @@ class Frontier:
             staged.event = None
         return staged.k, staged.v
 
+    def gather(self, blocks, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K, V of `blocks` at one layer stacked on dim 1: (B, R, T, H, D) each, new tensors."""
+        if self.placement == "device":
+            missing = [block for block in blocks if (block, layer) not in self._entries]
+            if missing:
+                raise KeyError(f"frontier has no K/V for block {missing[0]} at layer {layer}")
+            return self._device.gather([self._entries[(block, layer)].slot for block in blocks])
+        pairs = [self.get(block, layer) for block in blocks]
+        return torch.stack([k for k, _ in pairs], dim=1), torch.stack([v for _, v in pairs], dim=1)
+
     def drop(self, block: Block, layer: int) -> None:
         key = (block, layer)
         entry = self._entries.pop(key)
@@ -259,7 +288,7 @@ class Frontier:
         if key in self._pending:
             self._pending.remove(key)
         if entry.slot is not None:  # a later copy into the slot runs after this entry's copies (one stream)
-            self._host.slots.free(entry.slot)
+            (self._device or self._host).slots.free(entry.slot)
         if entry.path is not None:
             entry.path.unlink(missing_ok=True)
         for staged in (self._staged.pop(key, None), self._recent.pop(key, None)):
@@ -276,7 +305,7 @@ class Frontier:
         for key, entry in self._entries.items():
             (r, c), layer = key
             if self.placement == "device":
-                out[f"{r}_{c}_{layer}"] = torch.stack([entry.k, entry.v]).cpu()  # (2, B, T, H, D)
+                out[f"{r}_{c}_{layer}"] = torch.stack(self._device.view(entry.slot)).cpu()  # (2, B, T, H, D)
             else:
                 out[f"{r}_{c}_{layer}"] = self._source(key).clone()  # (2, B, T, H, D)
         return out
