@@ -161,3 +161,28 @@ def test_a_ranks_plan_counts_the_sweeps_in_flight_of_the_steps_it_runs():
     _, whole, _ = plan_memory(cfg, one_step, geometry=geo, auto_batch=False, auto_placement=True)
     _, banded, split = plan_memory(cfg, one_step, geometry=geo, auto_batch=False, auto_placement=True, ranks=2)
     assert split.bands == 2 and banded.parts["frontier"] < whole.parts["frontier"]
+
+
+def test_the_heap_kept_between_batches_is_in_the_plan_and_within_the_budget():
+    """jobs/pipeline keeps what one batch frees for the next (fewer page faults): the plan counts it as the
+    host part `heap_reuse`, at most what a batch allocates on the host, never past a --ram budget."""
+    from streamsr.config import JobConfig
+    from streamsr.jobs.create import plan_memory
+    from streamsr.jobs.manifest import Geometry
+
+    cfg = ModelConfig.tiny()
+    pred = memory.plan(cfg, 4, (256, 512), None, None, "cpu")
+    transient = pred.parts["store_io"] + pred.parts["activations"]
+    kept = memory.with_heap_reuse(pred, ram=None, device_type="cpu")
+    assert kept.parts["heap_reuse"] == min(memory.HEAP_REUSE_BYTES, transient) > 0
+    assert kept.host_bytes == pred.host_bytes + kept.parts["heap_reuse"] and kept.device_bytes == pred.device_bytes
+    room = 10 << 20
+    tight = memory.with_heap_reuse(pred, ram=pred.host_bytes + room, device_type="cpu")
+    assert tight.parts["heap_reuse"] == min(room, kept.parts["heap_reuse"]) and tight.host_bytes <= pred.host_bytes + room
+    assert memory.with_heap_reuse(pred, ram=pred.host_bytes, device_type="cpu").parts["heap_reuse"] == 0
+    cuda = memory.with_heap_reuse(pred, ram=None, device_type="cuda")  # activations live on the device
+    assert cuda.parts["heap_reuse"] == min(memory.HEAP_REUSE_BYTES, pred.parts["store_io"])
+    geo = Geometry(64, 256, cfg.block_size)
+    for ram in (0, 2 << 30):
+        _, plan, _ = plan_memory(cfg, JobConfig(steps=2, ram=ram), geometry=geo, auto_batch=True, auto_placement=True)
+        assert plan.parts["heap_reuse"] > 0 and (not ram or plan.host_bytes <= ram)

@@ -138,6 +138,7 @@ class Result:
     seconds: dict
     files: int
     rss_mib: float
+    plan_host_mib: float  # the memory plan's predicted host bytes (job.json), against rss_mib
 
     @property
     def sampler_s(self) -> float:
@@ -192,7 +193,8 @@ def run_one(name: str, case: Case, lr: int, args) -> Result:
     secs = {k: float(v) for k, v in (manifest.get("seconds") or {}).items()}
     files = sum(1 for p in (job / "state.zarr").rglob("*") if p.is_file())
     result = Result(name, str(case), lr, rep["wall_s"], secs.get("total", 0.0), secs.get("finalize", 0.0),
-                    int(manifest.get("model_blocks_done", 0)), secs, files, rep["wait4_mib"])
+                    int(manifest.get("model_blocks_done", 0)), secs, files, rep["wait4_mib"],
+                    ((manifest.get("plan") or {}).get("host_bytes") or 0) / 2**20)
     if not args.keep:
         shutil.rmtree(job, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -201,7 +203,7 @@ def run_one(name: str, case: Case, lr: int, args) -> Result:
 
 def table(results: list[Result], diffs: dict) -> str:
     head = (f"{'model':<8} {'case':<8} {'LR':>5} {'blocks':>6} {'evals/s':>8} {'ovh ms':>7} {'diff ms':>7}  "
-            + " ".join(f"{k:>6}" for k in (*SPLIT, "other")) + f" {'final s':>7} {'files':>6} {'RSS MiB':>7}")
+            + " ".join(f"{k:>6}" for k in (*SPLIT, "other")) + f" {'final s':>7} {'files':>6} {'RSS MiB':>7} {'plan':>5}")
     lines = [head, "-" * len(head)]
     for r in results:
         split = r.split()
@@ -209,9 +211,10 @@ def table(results: list[Result], diffs: dict) -> str:
         lines.append(f"{r.model:<8} {r.case:<8} {r.lr:>5} {r.blocks:>6} {r.evals_per_s:>8.1f} {r.overhead_ms:>7.2f} "
                      f"{diff if diff is not None else float('nan'):>7.2f}  "
                      + " ".join(f"{split[k]:>6.2f}" for k in (*SPLIT, "other"))
-                     + f" {r.finalize_s:>7.2f} {r.files:>6} {r.rss_mib:>7.0f}")
+                     + f" {r.finalize_s:>7.2f} {r.files:>6} {r.rss_mib:>7.0f} {r.plan_host_mib:>5.0f}")
     lines.append("split columns: ms per block evaluation; ovh = (sampler wall - model s) / evals; diff = (wall at "
-                 "LR - wall at the reference LR) / (evals - reference evals) - model ms per eval")
+                 "LR - wall at the reference LR) / (evals - reference evals) - model ms per eval; RSS = peak (wait4), plan = the "
+                 "memory plan's predicted host MiB")
     return "\n".join(lines)
 
 

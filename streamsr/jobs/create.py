@@ -153,6 +153,7 @@ def plan_memory(mcfg: ModelConfig, cfg: JobConfig, *, geometry: Geometry, auto_b
     split = rank_split(ranks, steps=cfg.steps, batch_cols=batches.cols, batches=len(batches), fuse_for=fuse_for)
     fused = memory.fused_prediction(plans[split.bands][1], split.fuse, steps=cfg.steps, sampler=cfg.sampler,
                                     device_type=device_type)  # the sweeps in flight of the steps it runs
+    fused = memory.with_heap_reuse(fused, ram=cfg.ram or None, device_type=device_type)
     plan = MemoryPlan.from_prediction(fused, fuse=split.fuse)
     return replace(cfg, batch_rows=plan.batch[0], batch_cols=plan.batch[1], placement=plan.placement), plan, split
 

@@ -152,7 +152,7 @@ class TaskPipeline:
         self._cursor = manifest.cursor if cursor is None else cursor  # this process's last committed cursor
         self._last_commit = time.monotonic()
         plan = self.store.manifest.plan
-        self._keep_free = reuse_bytes(self.store.manifest.job.ram, None if plan is None else plan.host_bytes)
+        self._keep_free = 0 if plan is None else int(plan.parts.get("heap_reuse", 0))  # the plan counts it
         keep_freed_memory(self._keep_free)
         io = IOThread()
         switch = sys.getswitchinterval()
@@ -323,15 +323,6 @@ def release_free_memory(*, keep: int = 0) -> None:
     libc.malloc_trim(0)
 
 
-def reuse_bytes(ram: int, predicted_host: int | None) -> int:
-    """Freed memory a run keeps for reuse (`release_free_memory`): REUSE_BYTES, or less when a --ram budget
-    leaves less room above the plan's predicted host bytes."""
-    if ram <= 0 or predicted_host is None:
-        return REUSE_BYTES
-    return max(0, min(REUSE_BYTES, ram - predicted_host))
-
-
-REUSE_BYTES = 512 << 20  # bytes: more than a small model's batch allocates and frees (~320 MB at 2x32 128-px blocks)
 HEAP_BLOCKS_BELOW = 64 << 20  # bytes
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _LIBC = None

@@ -219,6 +219,24 @@ def fused_prediction(pred: Prediction, fuse: int, *, steps: int, sampler: str, d
                       parts)
 
 
+def with_heap_reuse(pred: Prediction, *, ram: int | None, device_type: str) -> Prediction:
+    """The plan `pred` with the freed heap memory a run keeps between batches for the next batch's tensors
+    (jobs/pipeline.keep_freed_memory; without it every batch maps and faults its tensors in again, a third of a
+    small model's time in the kernel): what one batch allocates and frees on the host (its store I/O buffers,
+    and its activations when the device is the CPU), at most HEAP_REUSE_BYTES, and no more than a --ram
+    budget leaves above the plan. Counted as the host part `heap_reuse`, which the run reads back from the
+    job's plan (a plan of an earlier version has none: the heap is trimmed at every commit, as then)."""
+    transient = pred.parts.get("store_io", 0) + (pred.parts.get("activations", 0) if device_type == "cpu" else 0)
+    room = HEAP_REUSE_BYTES if ram is None else max(0, ram - pred.host_bytes)
+    keep = min(HEAP_REUSE_BYTES, transient, room)
+    return Prediction(pred.batch, pred.placement, pred.device_bytes, pred.host_bytes + keep, pred.disk_bytes,
+                      pred.sweep_cost_blocks, {**pred.parts, "heap_reuse": keep})
+
+
+HEAP_REUSE_BYTES = 128 << 20  # freed memory kept between batches: more than a small model's 8x8 batch leaves free
+# (~93 MiB for 128-px blocks, tools/bench_engine.py), small next to the runtime
+
+
 def staging_bytes(placement: str, device_type: str, reads: int, slot: int) -> int:
     """Device copies of frontier entries: none for a device frontier; on CUDA the batch's reads, the next
     batch's (prefetched) and the batch's own new entries kept for it (fewer than its reads), together at
