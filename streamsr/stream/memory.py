@@ -32,6 +32,7 @@ ACTIVATION_MARGIN = 1.05  # allocator rounding and small temporaries the walk be
 PCIE_BYTES_PER_S = 20e9  # host <-> device; overlapped with compute on CUDA
 EXPOSED_TRANSFER = 0.1  # share of the host frontier's copy time that compute does not hide (the first batch's
 # reads, waits at the batch boundary, copy traffic competing with the kernels for memory bandwidth)
+MEMORY_BYTES_PER_S = (1e10, 2e12)  # copies within the device's memory: (CPU, CUDA)
 DISK_BYTES_PER_S = 1e9  # spilled frontier read/write, not overlapped
 BATCH_OVERHEAD_BLOCKS = 0.5  # per-batch fixed cost (launches, Python, store I/O) in units of one block's compute
 CUDA_CONTEXT_BYTES = 512 << 20  # CUDA context + cuBLAS/cuDNN handles and workspaces outside torch's allocator
@@ -173,6 +174,8 @@ def predict(cfg: ModelConfig, itemsize: int, out_hw: tuple[int, int], batch: tup
     compute = blocks_total + batches * BATCH_OVERHEAD_BLOCKS  # unit: one block's compute
     moved = 2 * batches * reads * slot  # K/V brought in for every batch, and as much written out
     rate = blocks_per_second(cfg, device_type, itemsize)
+    compute += moved / MEMORY_BYTES_PER_S[device_type == "cuda"] * rate  # the reads gathered into each batch's
+    # key pool on the device: of two shapes with as many batches, the one that reads fewer blocks
     if placement == "host" and device_type != "cpu":  # overlapped with compute on a side stream, mostly
         transfer = moved / PCIE_BYTES_PER_S * rate
         cost = max(compute, transfer) + EXPOSED_TRANSFER * transfer
