@@ -15,6 +15,7 @@ from test_export import make_source, one_line, pattern
 
 from streamsr.errors import BadInput
 from streamsr.io import deflate
+from streamsr.io import png as png_module
 from streamsr.io.deflate import ParallelDeflate, zlib_header
 from streamsr.io.depth import to_uint
 from streamsr.io.export import export_array
@@ -128,6 +129,7 @@ def test_parallel_deflate_is_one_zlib_stream(monkeypatch, impl):
 @pytest.mark.parametrize("channels,depth", [(1, 8), (2, 8), (3, 8), (4, 8), (1, 16), (2, 16), (3, 16), (4, 16)])
 def test_png_writer_reads_back_bit_exactly_whatever_the_threads(tmp_path, monkeypatch, channels, depth):
     monkeypatch.setattr(deflate, "PIECE_BYTES", 1 << 15)  # many pieces on a small image
+    monkeypatch.setattr(png_module, "_IDAT_BYTES", 997)  # and many IDAT chunks: cut where the threads had pieces?
     dtype = np.uint8 if depth == 8 else np.uint16
     pixels = np.random.default_rng(channels * depth).integers(0, 1 << depth, (157, 211, channels), dtype=dtype)
     pixels[:60] //= 9  # smoother rows: long matches across the piece cuts

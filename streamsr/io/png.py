@@ -278,10 +278,15 @@ class PngWriter(RowWriter):
             self._guarded(png.write_chunk, self._file, kind, data)
 
     def _emit(self, pieces: list[bytes], *, final: bool = False) -> None:
-        """Gather compressed bytes; write an IDAT chunk once about 1 MiB is there (or at the end)."""
+        """Gather compressed bytes; write IDAT chunks of exactly _IDAT_BYTES, and the rest at the end: the
+        chunks are cut at fixed offsets of the zlib stream, so the file's bytes do not depend on how many
+        pieces the deflate threads had ready at each call."""
         for piece in pieces:
             self._pending += piece
-        if self._pending and (final or len(self._pending) >= _IDAT_BYTES):
+        while len(self._pending) >= _IDAT_BYTES:
+            png.write_chunk(self._file, b"IDAT", bytes(self._pending[:_IDAT_BYTES]))
+            del self._pending[:_IDAT_BYTES]
+        if final and self._pending:
             png.write_chunk(self._file, b"IDAT", bytes(self._pending))
             self._pending.clear()
 
