@@ -47,6 +47,23 @@ noise, 64 per-block randn calls, ~0.5 ms per block, and upsamples the LR, ~0.3; 
 thread waits 0.6-1.1 ms per eval for it. Peak RSS at batch 8x8: 1238 MiB at LR 1024, 1289 at LR 2048 (before:
 1186, 1219): flat with size, ~50 MiB above HEAD (the kept memory). The `write` column also holds the export.
 
+Re-applied a session later (2026-12-01, evening; training paused with SIGSTOP, nothing else running;
+`--models zero128 --cases euler:1 --lr 1024 --reference-lr 0`), with the heap kept between batches bounded
+by the memory plan (its host part `heap_reuse`: what one batch allocates and frees on the host, at most
+128 MiB, within --ram; stream/memory.with_heap_reuse), and the planner ranking batch shapes by the reads
+they gather as well (of two shapes with as many batches, the squarer one):
+
+    batch           evals/s    overhead ms/eval   peak RSS MiB   plan's host MiB
+    8x8, 128 MiB    411, 442   1.04, 1.02         1185, 1189     1345
+    8x8, 512 MiB    424, 420   1.07, 1.01         1194, 1183     1594  (keeping more buys nothing)
+    2x32 (the old   319, 301   1.28, 1.20         1108, 1139     1345
+    auto choice)
+    (with 512 MiB kept and the heap not in the plan, last session: 1273 MiB against a plan of 1217)
+
+The planner now picks 8x8 for this job. Still short of 500/s: the main thread spends ~1.3 ms per eval in
+the model and waits ~0.7 ms for the I/O thread, which draws x_T's noise (~0.7 ms per 128-px block: torch's
+CPU randn itself, 15 ns a sample; the generator is part of the noise contract, so it stays) and writes.
+
 Measured (2026-12-01, this 2-core CPU, no GPU; training paused with SIGSTOP, nothing else running;
 `--models zero128,zero64 --cases euler:1,euler:4,heun:2 --lr 1024`, auto batch 8x8 / 8x16):
 

@@ -23,6 +23,14 @@ torchrun starts its agent (importing torch) before the ranks, 11.0 s of wall out
 6.4 s for one process; rank 0 waits 4.0 s in all for rank 1 (pipeline fill, drain and jitter). The
 issue's 1.7x is not reached on this machine (best 1.64x); the job's own seconds give 215.2 / 124.3 = 1.73x.
 
+A session later (same machine, training paused, nothing else running; after the engine-path work of
+issue 11): `speed --lr 512 --steps 8 --batch 1x32`: 1 rank 219.9 s, 2 ranks 135.8 s: 1.62x (job seconds
+207.9 / 127.0 = 1.64x; rank 0 waited 8.8 s for rank 1, and its evaluations cost 27.5 ms against 24.7 ms
+alone). Tried and not kept: each CPU rank pinned to its share of the cores (sched_setaffinity by local
+rank): 139.2 s, no faster. That run's PNG bytes differed from the single process's with the same pixels:
+the PNG writer cut its IDAT chunks where the deflate threads happened to be (1 thread on a pinned rank, 2
+otherwise); fixed in io/png.py, so this script's byte comparison holds whatever the cores.
+
     traffic --lr 192 --steps 4 (euler)   fuse 4: 0 state reads and 1 write per block (x_T is computed);
                                          fuse 1: 3 reads and 4 writes per block: writes / 4, reads / inf
     traffic --lr 192 --steps 4 (heun)    same counts for 7 evaluations per block
