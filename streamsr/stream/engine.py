@@ -85,6 +85,22 @@ def denoise_batch(model: InfDiT, x: torch.Tensor, up: torch.Tensor, *, sigma: to
     return d
 
 
+def denoise_into(out: torch.Tensor, model: InfDiT, x: torch.Tensor, *, sigma: torch.Tensor, emb: torch.Tensor,
+                 lr: torch.Tensor, concat_lr: torch.Tensor | None, plan: BatchPlan, frontier: Frontier,
+                 kernel: Kernel) -> None:
+    """One batch of an in-memory sweep: its inputs cut from x (B, 3, H, W) and the LR (B, 3, H/4, W/4) (the
+    upsampled LR from `concat_lr` (B, 3, H, W), or made from the batch's LR halo), denoise_batch, and D
+    written into out (B, 3, H, W) at the batch's box."""
+    bs = model.cfg.block_size
+    y0, y1, x0, x1 = box = batch_box(plan.batch, bs)
+    region = LRRegion.around(lr, box, model.cfg)  # the batch's LR, read once
+    up = concat_lr[..., y0:y1, x0:x1] if concat_lr is not None else upsample_region(region, box).to(x.device)
+    windows = lr_windows(region, plan.batch.blocks(), model.cfg).to(x.device)
+    d = denoise_batch(model, image_to_blocks(x[..., y0:y1, x0:x1], bs), image_to_blocks(up, bs), sigma=sigma,
+                      emb=emb, windows=windows, plan=plan, frontier=frontier, kernel=kernel)  # (B, N, 3, bs, bs)
+    out[..., y0:y1, x0:x1] = blocks_to_image(d, Grid(plan.batch.rows, plan.batch.cols))
+
+
 def denoise_stream(model: InfDiT, x: torch.Tensor, sigma: torch.Tensor, *, lr: torch.Tensor,
                    vector: torch.Tensor | None, concat_lr: torch.Tensor | None = None,
                    shape: BatchShape = BatchShape(1, 1), backend: str = "sdpa", stats: SweepStats | None = None,
@@ -102,14 +118,8 @@ def denoise_stream(model: InfDiT, x: torch.Tensor, sigma: torch.Tensor, *, lr: t
     emb = embedding(model, sigma, vector)  # (B, C)
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # (B, 3, H, W)
     for plan in sweep.batch_plans():
-        y0, y1, x0, x1 = box = batch_box(plan.batch, bs)
-        region = LRRegion.around(lr, box, model.cfg)  # the batch's LR, read once
-        up = concat_lr[..., y0:y1, x0:x1] if concat_lr is not None else upsample_region(region, box).to(x.device)
-        windows = lr_windows(region, plan.batch.blocks(), model.cfg).to(x.device)
-        d = denoise_batch(model, image_to_blocks(x[..., y0:y1, x0:x1], bs), image_to_blocks(up, bs), sigma=sigma,
-                          emb=emb, windows=windows, plan=plan, frontier=frontier,
-                          kernel=kernel)  # (B, N, 3, bs, bs)
-        out[..., y0:y1, x0:x1] = blocks_to_image(d, Grid(plan.batch.rows, plan.batch.cols))
+        denoise_into(out, model, x, sigma=sigma, emb=emb, lr=lr, concat_lr=concat_lr, plan=plan, frontier=frontier,
+                     kernel=kernel)
         if stats is not None:
             stats.batch_sizes.append(len(plan.batch.blocks()))
     if len(frontier):

@@ -12,15 +12,13 @@ from __future__ import annotations
 import torch
 
 from ..core.attention import get_kernel
-from ..core.conditioning import LRRegion, lr_windows
 from ..core.denoiser import embedding
-from ..core.grid import Block, Grid, blocks_to_image, image_to_blocks
+from ..core.grid import Block, Grid
 from ..core.model import InfDiT
-from ..core.resample import upsample_region
 from .bands import band_bound, band_plan, split_bands
-from .engine import SweepStats, denoise_batch
+from .engine import SweepStats, denoise_into
 from .frontier import Frontier
-from .planner import BatchPlan, BatchShape, batch_box, raster_batches
+from .planner import BatchPlan, BatchShape, raster_batches
 
 
 def take_sent(frontier: Frontier, plan: BatchPlan) -> torch.Tensor:
@@ -66,14 +64,8 @@ def denoise_bands(model: InfDiT, x: torch.Tensor, sigma: torch.Tensor, *, lr: to
                 batch_plan = plan.batch_plan(batches[row * batches.cols + col])
                 if batch_plan.receive:
                     put_received(frontier, batch_plan, sent[band.index - 1].pop(0))
-                y0, y1, x0, x1 = box = batch_box(batch_plan.batch, bs)
-                region = LRRegion.around(lr, box, model.cfg)
-                up = upsample_region(region, box).to(x.device)  # (B, 3, h, w)
-                windows = lr_windows(region, batch_plan.batch.blocks(), model.cfg).to(x.device)
-                d = denoise_batch(model, image_to_blocks(x[..., y0:y1, x0:x1], bs), image_to_blocks(up, bs),
-                                  sigma=sigma, emb=emb, windows=windows, plan=batch_plan, frontier=frontier,
-                                  kernel=kernel)  # (B, N, 3, bs, bs)
-                out[..., y0:y1, x0:x1] = blocks_to_image(d, Grid(batch_plan.batch.rows, batch_plan.batch.cols))
+                denoise_into(out, model, x, sigma=sigma, emb=emb, lr=lr, concat_lr=None, plan=batch_plan,
+                             frontier=frontier, kernel=kernel)
                 if batch_plan.send:
                     sent[band.index].append(take_sent(frontier, batch_plan))
     left: list[Block] = sorted(blk for frontier in frontiers for blk in frontier.blocks())
