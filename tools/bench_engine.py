@@ -60,7 +60,8 @@ they gather as well (of two shapes with as many batches, the squarer one):
     auto choice)
     (with 512 MiB kept and the heap not in the plan, last session: 1273 MiB against a plan of 1217)
 
-The planner now picks 8x8 for this job. Still short of 500/s: the main thread spends ~1.3 ms per eval in
+The planner now picks 8x8 for this job: auto batch, LR 1024 -> 2048: 422 -> 437 evals/s, overhead 1.10 ->
+1.05 ms/eval, peak RSS 1095 -> 1161 MiB (the wider frontier; plan 1345 MiB both), 43 -> 143 files. Still short of 500/s: the main thread spends ~1.3 ms per eval in
 the model and waits ~0.7 ms for the I/O thread, which draws x_T's noise (~0.7 ms per 128-px block: torch's
 CPU randn itself, 15 ns a sample; the generator is part of the noise contract, so it stays) and writes.
 
