@@ -43,12 +43,17 @@ class Preconditioning:
 
     def network_input(self, x: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """x, up (B, N, 3, bs, bs) noisy HR and upsampled LR -> what F sees (B, N, 6, bs, bs) float32:
-        sampler.network_input's operations in its order (the same bits), scaling the new tensors in place
-        (one pixel-sized temporary fewer per call)."""
+        sampler.network_input's operations in its order (the same bits), each half written straight into
+        the result (no concatenation pass, no temporary)."""
         x, up = x.float(), up.float()
+        out = torch.empty((*x.shape[:-3], 6, *x.shape[-2:]), dtype=torch.float32, device=x.device)  # (B, N, 6, bs, bs)
         if self.residual:  # [c_in (x - up), up]
-            return torch.cat([(x - up).mul_(self.c_in), up], dim=-3)  # (B, N, 6, bs, bs)
-        return torch.cat([x, up], dim=-3).mul_(self.c_in)  # (B, N, 6, bs, bs) = [x, up] * c_in
+            torch.sub(x, up, out=out[..., :3, :, :]).mul_(self.c_in)
+            out[..., 3:, :, :].copy_(up)
+        else:  # [x, up] * c_in
+            torch.mul(x, self.c_in, out=out[..., :3, :, :])
+            torch.mul(up, self.c_in, out=out[..., 3:, :, :])
+        return out
 
     def denoised(self, x: torch.Tensor, up: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
         """D from the network output f (B, N, 3, bs, bs): (B, N, 3, bs, bs) float32; sampler.denoised's
