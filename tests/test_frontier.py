@@ -191,3 +191,20 @@ def test_disk_spills_wait_for_their_copies_when_the_bounce_buffer_is_full(stream
     for i, k in enumerate(ks):
         got_k, got_v = f.get((0, i), 0)
         assert torch.equal(got_k, k) and torch.equal(got_v, -k)
+
+
+@pytest.mark.parametrize("placement", ["device", "host", "disk"])
+def test_put_many_refuses_a_block_twice_and_keeps_the_bound(placement, tmp_path):
+    from streamsr.stream.frontier import FrontierOverflow
+
+    front = Frontier(2, 1, placement, torch.device("cpu"), tmp_path)
+    k = torch.randn(1, 2, 4, 1, 8)  # (B, E, T, H, D)
+    with pytest.raises(FrontierOverflow, match="already holds block"):
+        front.put_many([(0, 0), (0, 0)], 0, k, k.clone())  # the same block twice in one call
+    front.put_many([(0, 0), (0, 1)], 0, k, k.clone())
+    with pytest.raises(FrontierOverflow, match="already holds block"):
+        front.put((0, 1), 0, k[:, 0], k[:, 0])
+    with pytest.raises(FrontierOverflow, match="bound exceeded"):
+        front.put((1, 0), 0, k[:, 0], k[:, 0])
+    assert torch.equal(front.gather([(0, 1), (0, 0)], 0)[0], k.flip(1))
+    front.close()

@@ -289,6 +289,8 @@ def _libc():
         except OSError:
             libc = None
         _LIBC = libc if libc is not None and hasattr(libc, "malloc_trim") else False
+        if _LIBC and hasattr(_LIBC, "mallinfo2"):
+            _LIBC.mallinfo2.restype = _MallInfo2
     return _LIBC
 
 
@@ -317,7 +319,6 @@ def release_free_memory(*, keep: int = 0) -> None:
     if not libc:
         return
     if keep > 0 and hasattr(libc, "mallinfo2"):
-        libc.mallinfo2.restype = _MallInfo2
         if libc.mallinfo2().fordblks <= keep:
             return
     libc.malloc_trim(0)

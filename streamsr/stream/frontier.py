@@ -141,10 +141,12 @@ class Frontier:
     def put_many(self, blocks, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store the K, V (B, E, T, H, D) of E blocks at one layer; entry i is k[:, i], v[:, i]."""
         keys = [(block, layer) for block in blocks]
+        seen: set[tuple[Block, int]] = set()
         for key in keys:
-            if key in self._entries:
+            if key in self._entries or key in seen:
                 raise FrontierOverflow(f"frontier already holds block {key[0]} at layer {layer}")
-        if len(self._entries) + len(keys) > self.capacity_entries or len(set(keys)) < len(keys):
+            seen.add(key)
+        if len(self._entries) + len(keys) > self.capacity_entries:
             raise FrontierOverflow(f"frontier bound exceeded: {len(self._entries) + len(keys)} entries > "
                                    f"{self.capacity_entries} ({self.capacity_entries // self.layers} blocks "
                                    f"x {self.layers} layers)")
