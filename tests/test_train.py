@@ -32,6 +32,7 @@ from streamsr.train.recipe import (
     lr_dropout,
     make_batch,
     quantise_8bit,
+    seam_error,
     step_generator,
     train_thumbnail,
 )
@@ -289,3 +290,35 @@ def test_scales_share_the_crops_equally(image_dir):
     assert torch.equal(CropSampler.from_paths(paths, 32, 0, scales=()).weights, plain.weights)
     with pytest.raises(ValueError, match="scales"):
         TrainSettings(scales=(0,))
+
+
+def test_seam_error_counts_only_the_pairs_across_inner_block_borders():
+    """A step placed at a block border costs (jump)^2 over the border pairs; steps elsewhere cost nothing."""
+    x = torch.zeros(2, 3, 64, 96)  # 2x3 blocks of 32 px
+    d = x.clone()
+    d[..., 40:] += 1.0  # a jump inside a block: no border pair straddles it
+    d[..., 10:, :] += 1.0  # a jump at row 10: inside a block too
+    assert torch.equal(seam_error(d, x, block_size=32), torch.zeros(2))
+    d = x.clone()
+    d[0, :, :, 64:] += 0.5  # a jump of 0.5 across the column border at 64 (borders at 32 and 64; row border 32)
+    pairs = 2 * 64 + 96  # two column borders of 64 rows, one row border of 96 columns
+    expected = torch.tensor([0.25 * 64 / pairs, 0.0])  # only 64 of the pairs see the jump
+    assert torch.allclose(seam_error(d, x, block_size=32), expected)
+    one_block = torch.ones(1, 3, 32, 32)
+    assert torch.equal(seam_error(one_block, one_block * 0, block_size=32), torch.zeros(1))
+
+
+def test_seam_weight_adds_the_weighted_border_term(sampler):
+    trainer = Trainer(CFG, SETTINGS)
+    batch, noise = trainer.next_batch(sampler)
+    with torch.no_grad():
+        base, per = edm_loss(trainer.model, trainer.encoder, batch, noise, thumb_size=32)
+        with_seam, per_seam = edm_loss(trainer.model, trainer.encoder, batch, noise, thumb_size=32, seam_weight=2.0)
+        d = denoise_full(trainer.model, batch.x + noise.sigma[:, None, None, None] * noise.eps, noise.sigma,
+                         concat_lr=batch.concat_lr, lr=batch.lr,
+                         vector=trainer.encoder(train_thumbnail(batch.lr, 32)), rope_origin=noise.rope_origin)
+    w = (noise.sigma ** 2 + CFG.sigma_data ** 2) / (noise.sigma * CFG.sigma_data) ** 2
+    assert torch.allclose(per_seam - per, 2.0 * w * seam_error(d, batch.x, block_size=CFG.block_size), rtol=1e-4)
+    assert float(with_seam) > float(base)
+    with pytest.raises(ValueError, match="seam_weight"):
+        TrainSettings(seam_weight=-1.0)

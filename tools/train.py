@@ -34,7 +34,7 @@ from streamsr.train.trainer import Trainer, bin_labels, find_checkpoint, sigma_b
 
 RECIPE = ("batch", "crop", "lr", "warmup", "seed", "max_side", "scales", "clean_fraction", "fidelity_fraction",
           "fidelity_sigma", "p_mean", "p_std", "lr_dropout", "ema_decay")  # CLI options that are TrainSettings fields
-SCHEDULE = ("decay_start", "decay_end")  # TrainSettings fields a resumed run may change (future steps only)
+SCHEDULE = ("decay_start", "decay_end", "seam_weight")  # TrainSettings fields a resumed run may change (future steps)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decay-start", dest="decay_start", type=int,
                    help="cosine learning-rate decay starts at this step (may change on --resume)")
     p.add_argument("--decay-end", dest="decay_end", type=int, help="... and reaches 0 at this step (0: no decay)")
+    p.add_argument("--seam-weight", dest="seam_weight", type=float,
+                   help="weight of the block-border gradient loss term (default 0: off; may change on --resume)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (bf16 autocast on CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")

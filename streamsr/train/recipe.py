@@ -18,6 +18,9 @@ The recipe, step by step:
    x_noisy = x + sigma eps, D = denoiser.denoise_full(model, x_noisy, sigma, ...) with the RoPE
    origin drawn per batch in [0, rope_table - crop/patch] for rows and cols (FACTS.md 1.2),
    weight (sigma^2 + sd^2) / (sigma sd)^2, loss = mean(weight (D - x)^2).
+6. Seam term (`seam_error`, weight `seam_weight`, 0: off): the same weight times the mean squared error
+   of D's pixel differences across the crop's inner block borders (against x's), which the per-pixel
+   loss counts only as 1/32 of a 2x2-block crop's pixels: faint block borders in flat areas.
 
 Determinism by construction: step t's randomness comes from two generators seeded by (seed, t)
 (`step_generator`): "data" (crops, degradation, dropout) and "noise" (sigma, eps, RoPE origin), so a
@@ -81,6 +84,7 @@ class TrainSettings:
     fidelity_sigma: float = 0.0  # sigma of those samples (> 0 when fidelity_fraction > 0)
     decay_start: int = 0  # cosine learning-rate decay from this step ... (0: constant after warmup)
     decay_end: int = 0  # ... to zero at this step (warmup-stable-decay, so a run can be extended until decay_start)
+    seam_weight: float = 0.0  # weight of the block-border gradient term (seam_error) next to the per-pixel loss
 
     def __post_init__(self) -> None:
         for name in ("batch", "crop", "thumb_size"):
@@ -99,6 +103,8 @@ class TrainSettings:
             raise ValueError("TrainSettings.fidelity_sigma must be > 0 when fidelity_fraction > 0")
         if self.decay_end and not self.warmup <= self.decay_start < self.decay_end:
             raise ValueError("need warmup <= decay_start < decay_end for the learning-rate decay")
+        if not (math.isfinite(self.seam_weight) and self.seam_weight >= 0):
+            raise ValueError(f"TrainSettings.seam_weight must be a finite number >= 0, got {self.seam_weight!r}")
         if not 0 <= self.lr_dropout <= 1:
             raise ValueError(f"TrainSettings.lr_dropout must be in [0, 1], got {self.lr_dropout}")
         if not (0 < self.blur_sigma[0] <= self.blur_sigma[1] and 0 <= self.noise_sigma[0] <= self.noise_sigma[1]
@@ -374,9 +380,27 @@ def train_thumbnail(lr: torch.Tensor, size: int = THUMB_SIZE) -> torch.Tensor:
                          align_corners=False)
 
 
+def seam_error(d: torch.Tensor, x: torch.Tensor, *, block_size: int) -> torch.Tensor:
+    """Per-sample mean squared error of the pixel differences across inner block borders: (B,).
+
+    d, x: (B, C, H, W). A pair (i-1, i) straddles a border when i is a multiple of block_size, 0 < i < side
+    (rows and columns pooled). Zero when the crop is a single block.
+    """
+    terms = [d.new_zeros(d.shape[0], 0)]
+    for dim in (-1, -2):  # columns, then rows
+        at = torch.arange(block_size, d.shape[dim], block_size, device=d.device)  # (n,) border indices
+        gd = d.index_select(dim, at) - d.index_select(dim, at - 1)  # (B, C, H, n) or (B, C, n, W)
+        gx = x.index_select(dim, at) - x.index_select(dim, at - 1)
+        terms.append(((gd - gx) ** 2).flatten(1))
+    pooled = torch.cat(terms, dim=1)  # (B, pairs)
+    return pooled.mean(dim=1) if pooled.shape[1] else d.new_zeros(d.shape[0])
+
+
 def edm_loss(model: InfDiT, encoder: SemanticNet | None, batch: TrainBatch, noise: Noise, *,
-             thumb_size: int = THUMB_SIZE, backend: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss scalar, per-sample loss (B,)): mean of loss_weight(sigma) (D(x + sigma eps) - x)^2."""
+             thumb_size: int = THUMB_SIZE, seam_weight: float = 0.0,
+             backend: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss scalar, per-sample loss (B,)): mean of loss_weight(sigma) (D(x + sigma eps) - x)^2, plus
+    seam_weight times the same weight times seam_error(D, x) when seam_weight > 0."""
     x = batch.x
     sigma = noise.sigma.to(x.device)  # (B,)
     x_noisy = x + sigma[:, None, None, None] * noise.eps.to(x.device)  # (B, 3, H, W)
@@ -387,6 +411,8 @@ def edm_loss(model: InfDiT, encoder: SemanticNet | None, batch: TrainBatch, nois
                      rope_origin=noise.rope_origin)  # (B, 3, H, W) float32
     w = loss_weight(sigma, model.cfg.sigma_data)  # (B,)
     per_sample = (w[:, None, None, None] * (d - x.float()) ** 2).mean(dim=(1, 2, 3))  # (B,)
+    if seam_weight:
+        per_sample = per_sample + seam_weight * w * seam_error(d, x.float(), block_size=model.cfg.block_size)
     return per_sample.mean(), per_sample
 
 

@@ -149,8 +149,8 @@ class Trainer:
             group["lr"] = learning_rate(self.step_count, self.settings)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            loss, per_sample = edm_loss(self.model, self.encoder, batch, noise,
-                                             thumb_size=self.settings.thumb_size)
+            loss, per_sample = edm_loss(self.model, self.encoder, batch, noise, thumb_size=self.settings.thumb_size,
+                                        seam_weight=self.settings.seam_weight)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
         self.optimizer.step()
