@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--size", type=parse_wxh, help="output size WxH in pixels")
     pl.add_argument("--input", help="an input image: its size is read from the header, no pixels decoded")
     pl.add_argument("--workers", type=int, default=1, metavar="N",
-                    help="also predict the job on N devices (docs/scaling.md; multi-device runs are not built yet)")
+                    help="also predict the job on N devices and print the rank split (docs/scaling.md)")
     add_plan_args(pl)
     pl.set_defaults(func=cmd_plan, seed=0, prompt_pos=None, prompt_neg=None)
 

@@ -31,12 +31,30 @@ rank): 139.2 s, no faster. That run's PNG bytes differed from the single process
 the PNG writer cut its IDAT chunks where the deflate threads happened to be (1 thread on a pinned rank, 2
 otherwise); fixed in io/png.py, so this script's byte comparison holds whatever the cores.
 
+A third session (same machine; the training run paused with SIGSTOP, nothing else running), the same job
+(LR 512, Euler 8 steps) at four batch shapes, one run each unless two are given:
+
+    batch 8x8 (the planner's)   1 rank 211.7 s, 2 ranks 133.8 s: 1.58x (ranks fuse 1 step per sweep;
+                                rank 0's evaluations 27.2 ms against 24.5 ms alone, waited 5.6 s)
+    batch 1x32                  1 rank 219.9 s, 2 ranks 135.8 s: 1.62x (the session before)
+    batch 1x16                  1 rank 224.9 / 223.6 s, 2 ranks 128.0 / 125.4 s: 1.76x / 1.78x (2 steps per sweep)
+    batch 4x4                   1 rank 208.6 s, 2 ranks 116.4 s: 1.79x (2 steps per sweep; rank 0's evaluations
+                                24.5 ms against 23.9 ms alone, waited 1.8 s)
+    (outputs identical in every run)
+
+With 16-block batches the two ranks barely slow each other (2-3% per evaluation, against 11% with 64-block
+batches, whose activations are four times larger) and the pipeline's lag is a smaller batch; 4x4 is also
+the fastest single-process batch here. The best 2-rank time against the best 1-rank time: 208.6 / 116.4 =
+1.79x. The planner still picks 8x8 for this job (it does not model two CPU ranks sharing the caches and
+memory bandwidth), so a CPU rank group gains most with --batch 4x4.
+
     traffic --lr 192 --steps 4 (euler)   fuse 4: 0 state reads and 1 write per block (x_T is computed);
                                          fuse 1: 3 reads and 4 writes per block: writes / 4, reads / inf
     traffic --lr 192 --steps 4 (heun)    same counts for 7 evaluations per block
 
 Run (repository root; pause anything else that uses the cores):
     .venv/bin/python -m tools.bench_ranks speed --lr 384 --steps 4 --ranks 2
+    .venv/bin/python -m tools.bench_ranks speed --lr 512 --steps 8 --batch 4x4    # issue 12's 1.7x check
     .venv/bin/python -m tools.bench_ranks traffic --lr 192 --steps 4
 """
 
