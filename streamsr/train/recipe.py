@@ -19,8 +19,8 @@ The recipe, step by step:
    origin drawn per batch in [0, rope_table - crop/patch] for rows and cols (FACTS.md 1.2),
    weight (sigma^2 + sd^2) / (sigma sd)^2, loss = mean(weight (D - x)^2).
 6. Seam term (`seam_error`, weight `seam_weight`, 0: off): the same weight times the mean squared error
-   of D's pixel differences across the crop's inner block borders (against x's), which the per-pixel
-   loss counts only as 1/32 of a 2x2-block crop's pixels: faint block borders in flat areas.
+   of D's pixel differences across the crop's inner block borders (against x's). A 2x2-block crop has
+   1 pixel pair across a border per 64 pixels, so the per-pixel loss barely sees faint block borders.
 
 Determinism by construction: step t's randomness comes from two generators seeded by (seed, t)
 (`step_generator`): "data" (crops, degradation, dropout) and "noise" (sigma, eps, RoPE origin), so a
@@ -386,7 +386,7 @@ def seam_error(d: torch.Tensor, x: torch.Tensor, *, block_size: int) -> torch.Te
     d, x: (B, C, H, W). A pair (i-1, i) straddles a border when i is a multiple of block_size, 0 < i < side
     (rows and columns pooled). Zero when the crop is a single block.
     """
-    terms = [d.new_zeros(d.shape[0], 0)]
+    terms = []
     for dim in (-1, -2):  # columns, then rows
         at = torch.arange(block_size, d.shape[dim], block_size, device=d.device)  # (n,) border indices
         gd = d.index_select(dim, at) - d.index_select(dim, at - 1)  # (B, C, H, n) or (B, C, n, W)
